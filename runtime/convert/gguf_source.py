@@ -1,0 +1,119 @@
+"""Reads a llama.cpp GGUF file of arch `smallthinker` for conversion.
+
+Q4_0 matrices are repacked without loss; any other type the `gguf` package can read is
+dequantized and re-quantized to Q4_0. Routers and norms are read as float32. The tokenizer
+is rebuilt from `tokenizer.ggml.*` and the chat template taken from `tokenizer.chat_template`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader, quants
+
+from .. import q4
+from ..config import ModelConfig
+from ..errors import ConversionError
+from ..gguf_tokenizer import read_gguf_tokenizer_fields, tokenizer_from_gguf_fields
+
+ARCH = "smallthinker"
+EXPERT_TENSORS = {"gate": "ffn_gate_exps", "up": "ffn_up_exps", "down": "ffn_down_exps"}
+
+
+def gguf_name(name: str) -> str:
+    """Bundle name -> llama.cpp tensor name."""
+    fixed = {"embed_tokens": "token_embd.weight", "norm": "output_norm.weight", "lm_head": "output.weight"}
+    if name in fixed:
+        return fixed[name]
+    layer, rest = name.split("/", 1)
+    suffix = {"input_layernorm": "attn_norm", "attn/q_proj": "attn_q", "attn/k_proj": "attn_k",
+              "attn/v_proj": "attn_v", "attn/o_proj": "attn_output",
+              "post_attention_layernorm": "ffn_norm", "router": "ffn_gate_inp"}[rest]
+    return f"blk.{layer.split('.')[1]}.{suffix}.weight"
+
+
+class GGUFSource:
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.reader = GGUFReader(path)
+        except Exception as error:  # gguf raises ValueError, struct errors, mmap errors...
+            raise ConversionError(f"{path}: not a readable GGUF file ({error})") from None
+        arch = self._field("general.architecture")
+        if arch != ARCH:
+            raise ConversionError(f"{path}: GGUF architecture is {arch!r}, not {ARCH!r}")
+        self.tensors = {t.name: t for t in self.reader.tensors}
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in self.reader.tensors), default=0)
+        if end > path.stat().st_size:
+            raise ConversionError(f"{path}: truncated ({path.stat().st_size} bytes, tensors need {end})")
+        prefix = f"{ARCH}."
+        meta = {f.name[len(prefix):]: f.contents() for f in self.reader.fields.values() if f.name.startswith(prefix)}
+        self.tokenizer_fields = read_gguf_tokenizer_fields(self.reader)
+        tokens = self.tokenizer_fields.get("tokenizer.ggml.tokens") or []
+        eos = {self.tokenizer_fields.get(k) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")}
+        eos |= {i for i, tok in enumerate(tokens) if tok in ("<|im_end|>", "<|endoftext|>")}
+        meta["eos_token_ids"] = sorted(i for i in eos if i is not None)
+        meta["bos_token_id"] = self.tokenizer_fields.get("tokenizer.ggml.bos_token_id")
+        embd = self._tensor("token_embd.weight")
+        self.config = ModelConfig.from_gguf(meta, vocab_size=int(embd.shape[1]))
+
+    def _field(self, key: str):
+        field = self.reader.fields.get(key)
+        return field.contents() if field is not None else None
+
+    def _tensor(self, name: str):
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise ConversionError(f"{self.path}: tensor {name} is missing") from None
+
+    def _check(self, name: str, tensor, shape: tuple[int, ...]) -> None:
+        got = tuple(int(d) for d in reversed(tensor.shape))  # GGUF dims are innermost-first
+        if got != shape:
+            raise ConversionError(f"{self.path}: tensor {name} has shape {list(got)}, expected {list(shape)}")
+
+    def _to_q4(self, data: np.ndarray, qtype: GGMLQuantizationType, rows: int, cols: int):
+        if qtype == GGMLQuantizationType.Q4_0:
+            return q4.repack_gguf_q4_0(data, rows, cols)
+        floats = data if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16) else quants.dequantize(data, qtype)
+        return q4.quantize(np.asarray(floats, dtype=np.float32).reshape(rows, cols))
+
+    def matrix(self, name: str, rows: int, cols: int):
+        tensor = self._tensor(gguf_name(name))
+        self._check(gguf_name(name), tensor, (rows, cols))
+        return self._to_q4(tensor.data, tensor.tensor_type, rows, cols)
+
+    def vector(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        tensor = self._tensor(gguf_name(name))
+        self._check(gguf_name(name), tensor, shape)
+        data = tensor.data
+        if tensor.tensor_type not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            data = quants.dequantize(data, tensor.tensor_type)
+        return np.asarray(data, dtype=np.float32).reshape(shape)
+
+    def expert(self, layer: int, expert: int) -> dict:
+        cfg = self.config
+        out = {}
+        for matrix, suffix in EXPERT_TENSORS.items():
+            name = f"blk.{layer}.{suffix}.weight"
+            tensor = self._tensor(name)
+            rows, cols = ((cfg.hidden_size, cfg.expert_ffn_size) if matrix == "down"
+                          else (cfg.expert_ffn_size, cfg.hidden_size))
+            self._check(name, tensor, (cfg.num_experts, rows, cols))
+            out[matrix] = self._to_q4(tensor.data[expert], tensor.tensor_type, rows, cols)
+        return out
+
+    def has_lm_head(self) -> bool:
+        return "output.weight" in self.tensors
+
+    def tokenizer_json(self) -> str:
+        return tokenizer_from_gguf_fields(self.tokenizer_fields).to_str()
+
+    def chat_template(self) -> str | None:
+        return self.tokenizer_fields.get("tokenizer.chat_template")
+
+    def describe(self) -> dict:
+        stat = self.path.stat()
+        types = sorted({t.tensor_type.name for t in self.reader.tensors if len(t.shape) >= 2})
+        return {"kind": "gguf", "path": str(self.path.resolve()), "name": self.path.name,
+                "size": stat.st_size, "mtime": stat.st_mtime, "source_types": types, "quantization": "Q4_0"}

@@ -1,0 +1,175 @@
+"""The SmallThinker forward pass on ONNX Runtime: embedding, layers, head; prefill and logits.
+
+Per layer, in the model's order:
+    router_logits = x @ router^T            fp32, on the raw layer input (pre-attention router)
+    x, h = attention_graph(x, kv cache)     x + attn(rmsnorm(x)), rmsnorm of that
+    x = x + sum_a w_a * expert_a(h)         ReGLU experts, one ONNX session per expert
+Routing is known before attention runs, which is what lets experts be fetched early.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from . import q4
+from .bundle import Bundle
+from .errors import BundleError
+from .experts import ExpertStore
+from .graphs import set_accuracy_level
+from .kvcache import KVCache
+from .sessions import init_thread_pool, initializer_names, make_session
+from .template import DEFAULT_CHATML
+
+DEFAULT_CONTEXT = 4096
+
+
+def rope_tables(positions: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [positions, D/2] for NeoX rotate-half RoPE."""
+    inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # [D/2]
+    angles = np.arange(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+class Model:
+    def __init__(self, bundle: Bundle, *, threads: int | None = None, accuracy_level: int = 4,
+                 context: int | None = None, memory_budget: int | None = None):
+        self.bundle = bundle
+        self.config = cfg = bundle.config
+        self.threads = init_thread_pool(threads)
+        self.accuracy_level = accuracy_level
+        self.max_context = min(context or DEFAULT_CONTEXT, cfg.context_length)
+        self.memory_budget = memory_budget
+        try:
+            self.tokenizer = Tokenizer.from_str(bundle.text("tokenizer"))
+        except Exception as error:
+            raise BundleError(f"{bundle.path}: unreadable tokenizer.json ({error})") from None
+        self.chat_template = bundle.text("chat_template") or DEFAULT_CHATML
+        self.eos_token_ids = tuple(cfg.eos_token_ids)
+        self.rope_cos, self.rope_sin = rope_tables(self.max_context, cfg.head_dim, cfg.rope_theta)
+        self._rope_values = (ort.OrtValue.ortvalue_from_numpy(self.rope_cos),
+                             ort.OrtValue.ortvalue_from_numpy(self.rope_sin))
+        self.embed_qweight = bundle.tensor("embed_tokens.qweight")  # [V, H/32, 16]
+        self.embed_scales = bundle.tensor("embed_tokens.scales")    # [V, H/32]
+        self.routers = [np.ascontiguousarray(bundle.tensor(f"layers.{i}/router.weight").T)  # [H, E]
+                        for i in range(cfg.num_layers)]
+        self.attention = [self._session(f"layers.{i}.attention") for i in range(cfg.num_layers)]
+        head_weights = {"norm.weight": bundle.tensor("norm.weight")}
+        head_source = "lm_head" if bundle.has_tensor("lm_head.qweight") else "embed_tokens"
+        head_weights["lm_head.qweight"] = bundle.tensor(f"{head_source}.qweight")
+        head_weights["lm_head.scales"] = bundle.tensor(f"{head_source}.scales")
+        self.head = make_session(self._graph("head"), head_weights)
+        self.experts = ExpertStore(bundle, self._graph("expert"))
+
+    # -- construction -------------------------------------------------------------------
+    def _graph(self, name: str) -> bytes:
+        graph = self.bundle.graph(name)
+        return graph if self.accuracy_level == 4 else set_accuracy_level(graph, self.accuracy_level)
+
+    def _session(self, name: str) -> ort.InferenceSession:
+        graph = self._graph(name)
+        return make_session(graph, {n: self.bundle.tensor(n) for n in initializer_names(graph)})
+
+    def new_cache(self, capacity: int | None = None) -> KVCache:
+        cfg = self.config
+        capacity = min(capacity or self.max_context, self.max_context)
+        return KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity)
+
+    # -- forward --------------------------------------------------------------------------
+    def embed(self, token_ids: np.ndarray) -> np.ndarray:
+        """[S] ids -> [1, S, H] float32 rows of the dequantized embedding."""
+        return q4.dequantize(self.embed_qweight[token_ids], self.embed_scales[token_ids])[None]
+
+    def route(self, layer: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x [S, H] -> (experts [S, A] int, weights [S, A] float32)."""
+        cfg = self.config
+        logits = x @ self.routers[layer]                                     # [S, E]
+        top = np.argpartition(-logits, cfg.num_experts_per_tok - 1, axis=-1)[:, :cfg.num_experts_per_tok]
+        top_logits = np.take_along_axis(logits, top, axis=-1)                # [S, A]
+        if cfg.router_softmax:
+            weights = np.exp(top_logits - top_logits.max(-1, keepdims=True))
+        else:
+            weights = 1.0 / (1.0 + np.exp(-top_logits))
+        return top, (weights / weights.sum(-1, keepdims=True)).astype(np.float32)
+
+    def _attend(self, layer: int, x: np.ndarray, cache: KVCache, total: int) -> tuple[np.ndarray, np.ndarray]:
+        session = self.attention[layer]
+        binding = session.io_binding()
+        binding.bind_cpu_input("hidden", x)
+        binding.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
+        binding.bind_cpu_input("total_length", np.array(total, np.int32))
+        if self.config.rope_layers[layer]:
+            binding.bind_ortvalue_input("rope.cos", self._rope_values[0])
+            binding.bind_ortvalue_input("rope.sin", self._rope_values[1])
+        key, value = cache.key_values[layer], cache.value_values[layer]
+        binding.bind_ortvalue_input("past_key", key)
+        binding.bind_ortvalue_input("past_value", value)
+        binding.bind_ortvalue_output("present_key", key)
+        binding.bind_ortvalue_output("present_value", value)
+        binding.bind_output("hidden_out")
+        binding.bind_output("normed")
+        session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()  # present_key, present_value, hidden_out, normed
+        hidden_out, normed = outputs[2].numpy(), outputs[3].numpy()
+        return hidden_out, normed
+
+    def _moe(self, layer: int, h: np.ndarray, experts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """h [S, H] -> sum over each token's experts of w * expert(h)  [S, H]."""
+        out = np.zeros_like(h)
+        for expert in np.unique(experts):
+            rows, slot = np.nonzero(experts == expert)
+            y = self.experts.run(layer, int(expert), h[rows])                # [T, H]
+            out[rows] += weights[rows, slot][:, None] * y
+        return out
+
+    def _forward_chunk(self, token_ids: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Run S new tokens through every layer; returns the final residual [S, H]."""
+        x = self.embed(token_ids)                                            # [1, S, H]
+        total = cache.length + len(token_ids)
+        for layer in range(self.config.num_layers):
+            experts, weights = self.route(layer, x[0])
+            self.experts.prefetch(layer, experts)
+            hidden_out, normed = self._attend(layer, x, cache, total)
+            x = hidden_out + self._moe(layer, normed[0], experts, weights)[None]
+        cache.length = total
+        cache.tokens.extend(int(t) for t in token_ids)
+        return x[0]
+
+    def head_logits(self, x: np.ndarray) -> np.ndarray:
+        """final residual [S, H] -> logits [S, V]"""
+        return self.head.run(["logits"], {"x": np.ascontiguousarray(x)})[0]
+
+    def prefill(self, token_ids, cache: KVCache, *, chunk_size: int = 256, all_logits: bool = False) -> np.ndarray:
+        """Append `token_ids` to `cache`; logits of the last token [V] (or of all [S, V])."""
+        ids = np.asarray(token_ids, dtype=np.int64)
+        if len(ids) == 0:
+            raise ValueError("prefill needs at least one token")
+        if len(ids) > cache.free:
+            raise ValueError(f"{len(ids)} tokens do not fit: {cache.free} of {cache.capacity} positions free")
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            raise ValueError("token id out of range")
+        outputs = []
+        for start in range(0, len(ids), chunk_size):
+            x = self._forward_chunk(ids[start:start + chunk_size], cache)
+            if all_logits:
+                outputs.append(self.head_logits(x))
+        if all_logits:
+            return np.concatenate(outputs)
+        return self.head_logits(x[-1:])[0]
+
+    def logits(self, token_ids) -> np.ndarray:
+        """float32 [S, V]: logits at every position, from an empty context of its own."""
+        cache = self.new_cache(len(token_ids))
+        return self.prefill(token_ids, cache, all_logits=True)
+
+    def close(self) -> None:
+        self.experts.close()
+
+
+def load(bundle: str | Path, *, memory_budget: int | None = None, threads: int | None = None,
+         accuracy_level: int = 4, context: int | None = None) -> Model:
+    """Open a bundle directory and build its sessions."""
+    return Model(Bundle(bundle), threads=threads, accuracy_level=accuracy_level, context=context,
+                 memory_budget=memory_budget)

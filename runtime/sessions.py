@@ -1,0 +1,54 @@
+"""ONNX Runtime session construction shared by attention, expert and head graphs.
+
+Every session runs on one process-wide intra-op thread pool (hundreds of expert sessions
+with private pools would spawn hundreds of spinning threads), and receives its weights as
+external initializers: zero-copy views of the bundle's memory-mapped files, which ORT treats
+as constants and prepacks.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import onnxruntime as ort
+
+_pool_lock = threading.Lock()
+_pool_threads: int | None = None
+
+
+def default_threads() -> int:
+    """Physical-ish cores available to this process (affinity-aware), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def init_thread_pool(threads: int | None) -> int:
+    """Create the global pool once per process; later calls keep the first size."""
+    global _pool_threads
+    with _pool_lock:
+        if _pool_threads is None:
+            _pool_threads = threads or default_threads()
+            ort.set_global_thread_pool_sizes(_pool_threads, 1)
+        return _pool_threads
+
+
+def make_session(model_bytes: bytes, weights: dict[str, np.ndarray]) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.use_per_session_threads = False
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3
+    if weights:
+        names = list(weights)
+        values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[n])) for n in names]
+        options.add_external_initializers(names, values)
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    session._stchat_keepalive = weights  # the OrtValues alias these buffers
+    return session
+
+
+def initializer_names(model_bytes: bytes) -> list[str]:
+    import onnx
+    return [init.name for init in onnx.load_from_string(model_bytes).graph.initializer]
