@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
+
 from .errors import ConversionError
+
+
+def _f32(value) -> float:
+    """GGUF stores floats as float32 and ONNX attributes are float32: keep one rounding."""
+    return float(np.float32(value))
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class ModelConfig:
                 vocab_size=int(cfg["vocab_size"]),
                 context_length=int(cfg.get("max_position_embeddings", 4096)),
                 rope_theta=float(cfg.get("rope_theta", 1e6)),
-                rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                rms_norm_eps=_f32(cfg.get("rms_norm_eps", 1e-6)),
                 router_softmax=bool(cfg.get("moe_primary_router_apply_softmax", False)),
                 rope_layers=tuple(bool(v) for v in rope),
                 sliding_layers=tuple(bool(v) for v in sliding),
@@ -119,7 +126,7 @@ class ModelConfig:
                 vocab_size=vocab_size,
                 context_length=int(meta.get("context_length", 4096)),
                 rope_theta=float(meta.get("rope.freq_base", 1e6)),
-                rms_norm_eps=float(meta.get("attention.layer_norm_rms_epsilon", 1e-6)),
+                rms_norm_eps=_f32(meta.get("attention.layer_norm_rms_epsilon", 1e-6)),
                 router_softmax=int(meta.get("expert_gating_func", 2)) == 1,
                 rope_layers=rope,
                 sliding_layers=sliding,

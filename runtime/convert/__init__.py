@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +33,8 @@ def open_source(source: Path):
 
 
 def _write(src, dest: Path, progress: Progress) -> None:
-    cfg = src.config
+    # "tied" in a bundle means what the runtime does: no lm_head, the embedding serves
+    cfg = replace(src.config, tie_word_embeddings=not src.has_lm_head())
     writer = BundleWriter(dest, cfg)
     try:
         writer.add_q4("embed_tokens", *src.matrix("embed_tokens", cfg.vocab_size, cfg.hidden_size))
