@@ -72,7 +72,7 @@ class ChatSession:
     # -- turns ------------------------------------------------------------------------------
     def send(self, text: str) -> Iterator:
         self.messages.append({"role": "user", "content": text})
-        return self._reply()
+        return self._reply(new_message=True)
 
     def regenerate(self) -> Iterator:
         """Answer the last user message again, replacing the last reply."""
@@ -80,17 +80,18 @@ class ChatSession:
             self.messages.pop()
         if not self.messages or self.messages[-1]["role"] != "user":
             raise ValueError("nothing to regenerate")
-        return self._reply()
+        return self._reply(new_message=False)
 
     def cancel(self) -> None:
         self._cancelled = True
 
-    def _reply(self) -> Iterator:
+    def _reply(self, new_message: bool) -> Iterator:
         self._cancelled = False
+        before = list(self.messages)
         try:
             ids, notice = self._fit()
         except ContextOverflow:
-            self.messages.pop()
+            self.messages[:] = before[:-1] if new_message else before  # as it was before
             raise
         if notice:
             yield Notice(notice)

@@ -1,0 +1,129 @@
+"""Generation and chat on a real (tiny, synthetic) model: events, stops, KV reuse, context limits."""
+import numpy as np
+import pytest
+
+import runtime
+from model_fixtures import model, prompt_ids
+from runtime.chat import ChatSession
+from runtime.errors import ContextOverflow
+from runtime.events import Finished, Notice, TextDelta
+from runtime.generate import generate
+from runtime.sampling import SamplingParams, make_sampler
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def _run(events):
+    events = list(events)
+    assert isinstance(events[-1], Finished) and sum(isinstance(e, Finished) for e in events) == 1
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    return text, events[-1], events
+
+
+def _generate(m, ids, **kwargs):
+    return _run(generate(m, m.new_cache(), ids, make_sampler(GREEDY), **kwargs))
+
+
+@pytest.fixture(scope="module")
+def m():
+    return model("21b", accuracy_level=0)
+
+
+def test_greedy_generation_is_deterministic_and_counted(m):
+    ids = prompt_ids()[:20]
+    text, done, events = _generate(m, ids, max_tokens=12)
+    assert done.reason == "length" and done.generated_tokens == 12 and done.prompt_tokens == 20
+    assert done.prompt_seconds > 0 and done.generation_seconds > 0 and done.generation_tps > 0
+    assert _generate(m, ids, max_tokens=12)[0] == text
+    # the streamed ids are the greedy argmax chain of the model's own logits
+    streamed = [e.token_id for e in events if isinstance(e, TextDelta) and e.token_id >= 0]
+    cache = m.new_cache()
+    logits = m.prefill(ids, cache)
+    expected = []
+    for _ in range(12):
+        expected.append(int(np.argmax(logits)))
+        logits = m.prefill([expected[-1]], cache)
+    assert set(streamed) <= set(expected)
+    assert m.tokenizer.decode(expected) == text
+
+
+def test_stops_on_eos(m, monkeypatch):
+    ids = prompt_ids()[:20]
+    first = int(np.argmax(m.logits(ids)[-1]))
+    monkeypatch.setattr(m, "eos_token_ids", (first,))
+    text, done, _ = _generate(m, ids, max_tokens=12)
+    assert text == "" and done.reason == "stop" and done.generated_tokens == 0
+
+
+def test_stops_on_stop_string(m):
+    ids = prompt_ids()[:20]
+    full, _, _ = _generate(m, ids, max_tokens=30)
+    stop = full[len(full) // 2: len(full) // 2 + 3]
+    assert stop and full.index(stop) > 0
+    text, done, _ = _generate(m, ids, max_tokens=30, stop_strings=[stop])
+    assert done.reason == "stop" and text == full[: full.index(stop)]
+
+
+def test_cancel_stops_at_once(m):
+    ids = prompt_ids()[:20]
+    seen = []
+    events = generate(m, m.new_cache(), ids, make_sampler(GREEDY), max_tokens=50,
+                      cancel=lambda: len(seen) >= 3)
+    for event in events:
+        seen.append(event)
+    assert seen[-1].reason == "cancelled" and seen[-1].generated_tokens <= 3
+
+
+def test_second_turn_prefills_only_new_tokens(m):
+    chat = ChatSession(m, system_prompt="You are terse.", sampling=GREEDY, max_tokens=8)
+    _, first, _ = _run(chat.send("Hello there, how are you?"))
+    held = chat.cache.length
+    assert first.prompt_tokens == len(chat.cache.tokens) - first.generated_tokens
+    text2, second, _ = _run(chat.send("Tell me about the fox."))
+    suffix = m.tokenizer.encode("<|im_end|>\n<|im_start|>user\nTell me about the fox.<|im_end|>\n"
+                                "<|im_start|>assistant\n", add_special_tokens=False).ids
+    assert second.prompt_tokens == len(suffix)
+    assert chat.cache.tokens[:held] == chat.cache.tokens[:held]  # prefix kept in place
+    # same answer as a fresh prefill of the whole conversation
+    ids = chat.cache.tokens[: held + len(suffix)]
+    fresh, _, _ = _generate(m, ids, max_tokens=8)
+    assert fresh == text2
+    assert [msg["role"] for msg in chat.messages] == ["user", "assistant", "user", "assistant"]
+
+
+def test_regenerate_replaces_last_reply(m):
+    chat = ChatSession(m, sampling=SamplingParams(temperature=0.8, seed=1), max_tokens=6)
+    _run(chat.send("Say something."))
+    _, done, _ = _run(chat.regenerate())
+    assert [msg["role"] for msg in chat.messages] == ["user", "assistant"]
+    assert done.prompt_tokens <= 1  # the prompt is still in the cache
+
+
+def test_full_context_drops_oldest_turns_and_says_so(m):
+    chat = ChatSession(m, system_prompt="System rules.", sampling=GREEDY, max_tokens=4, context=96)
+    notices = []
+    for i in range(6):
+        _, _, events = _run(chat.send(f"Message number {i} about foxes and dogs."))
+        notices += [e for e in events if isinstance(e, Notice)]
+    assert notices and "dropped" in notices[0].message
+    assert chat.messages[-2]["content"] == "Message number 5 about foxes and dogs."
+    assert chat.messages[0]["role"] == "user" and "Message number 0" not in chat.messages[0]["content"]
+    assert "System rules." in chat._render()
+
+
+def test_turn_too_long_for_context_is_refused_cleanly(m):
+    chat = ChatSession(m, sampling=GREEDY, max_tokens=4, context=48)
+    _run(chat.send("Hi."))
+    before = list(chat.messages)
+    with pytest.raises(ContextOverflow, match="context holds 48"):
+        list(chat.send("word " * 200))
+    assert chat.messages == before
+
+
+def test_interrupted_reply_is_kept(m):
+    chat = ChatSession(m, sampling=GREEDY, max_tokens=40)
+    stream = chat.send("Hello")
+    got = [next(stream) for _ in range(3)]
+    stream.close()  # the consumer went away mid-reply (Ctrl-C, crash in the UI)
+    assert chat.messages[-1]["role"] == "assistant"
+    assert chat.messages[-1]["content"] == "".join(e.text for e in got if isinstance(e, TextDelta))
