@@ -6,11 +6,19 @@ Public API (relied on by `stchat/` and the tests):
     Model.logits(token_ids) -> float32 [S, V]
 and the generation layer (sampling, events, ChatSession). Nothing here imports the UI.
 """
+from .chat import ChatSession
 from .convert import convert
+from .detokenize import Detokenizer
 from .errors import BudgetTooSmall, BundleError, ContextOverflow, ConversionError, StchatRuntimeError
+from .events import Finished, Notice, TextDelta
+from .generate import generate
 from .model import Model, load
+from .sampling import SamplingParams, make_sampler
+from .template import render_chat
 
 __all__ = [
     "convert", "load", "Model",
+    "ChatSession", "generate", "SamplingParams", "make_sampler", "Detokenizer", "render_chat",
+    "TextDelta", "Notice", "Finished",
     "StchatRuntimeError", "ConversionError", "BundleError", "BudgetTooSmall", "ContextOverflow",
 ]
