@@ -1,0 +1,16 @@
+"""Fixtures shared by every test module, each a named function (add yours below, also named)."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def stchat_home(tmp_path, monkeypatch):
+    """A private, empty stchat data directory: STCHAT_HOME points at it and STCHAT_MODEL is unset.
+
+    Subprocesses started by the test inherit both, so the CLI never sees the user's models."""
+    home = tmp_path / "stchat-home"
+    home.mkdir()
+    monkeypatch.setenv("STCHAT_HOME", str(home))
+    monkeypatch.delenv("STCHAT_MODEL", raising=False)
+    return home
