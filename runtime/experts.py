@@ -1,32 +1,44 @@
 """Expert sessions: one ONNX Runtime session per (layer, expert), built from the shared graph.
 
-Each expert's six arrays are views of `experts.bin`; building a session prepacks them. This
-store keeps every session it has built (no budget yet); `prefetch` is where the
-pre-attention router hands over the experts a layer is about to need.
+Each expert's six arrays are views of `experts.bin`; building a session prepacks them. Built
+sessions live in an `ExpertCache` whose byte budget decides how many stay resident; a miss
+builds the session again. `prefetch` is where the pre-attention router hands over the
+experts a layer is about to need.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import onnxruntime as ort
 
 from .bundle import Bundle
+from .expert_cache import ExpertCache
 from .sessions import make_session
 
 
 class ExpertStore:
-    def __init__(self, bundle: Bundle, graph: bytes):
+    def __init__(self, bundle: Bundle, graph: bytes, budget_bytes: int | None = None):
         self.bundle, self.graph = bundle, graph
-        self.sessions: dict[tuple[int, int], ort.InferenceSession] = {}
+        self.expert_bytes = sum(a.nbytes for a in bundle.expert(0, 0).values())  # raw Q4 bytes
+        self.cache = ExpertCache(budget_bytes)
 
     def _build(self, layer: int, expert: int) -> ort.InferenceSession:
+        started = time.perf_counter()
         arrays = self.bundle.expert(layer, expert)
-        return make_session(self.graph, {f"expert/{name}": array for name, array in arrays.items()})
+        session = make_session(self.graph, {f"expert/{name}": array for name, array in arrays.items()})
+        self.cache.stats.load_seconds += time.perf_counter() - started
+        self.cache.stats.bytes_read += self.expert_bytes
+        return session
 
     def session(self, layer: int, expert: int) -> ort.InferenceSession:
         key = (layer, expert)
-        session = self.sessions.get(key)
+        session = self.cache.get(key)
         if session is None:
-            session = self.sessions[key] = self._build(layer, expert)
+            started = time.perf_counter()
+            session = self._build(layer, expert)
+            self.cache.put(key, session, self.expert_bytes)
+            self.cache.stats.stall_seconds += time.perf_counter() - started
         return session
 
     def prefetch(self, layer: int, experts: np.ndarray) -> None:
@@ -37,4 +49,4 @@ class ExpertStore:
         return self.session(layer, expert).run(["y"], {"h": np.ascontiguousarray(h)})[0]
 
     def close(self) -> None:
-        self.sessions.clear()
+        self.cache.clear()

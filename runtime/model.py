@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from . import q4
 from .bundle import Bundle
-from .errors import BundleError
+from .errors import BudgetTooSmall, BundleError
 from .experts import ExpertStore
 from .graphs import set_accuracy_level
 from .kvcache import KVCache
@@ -61,9 +61,27 @@ class Model:
         head_weights["lm_head.qweight"] = bundle.tensor(f"{head_source}.qweight")
         head_weights["lm_head.scales"] = bundle.tensor(f"{head_source}.scales")
         self.head = make_session(self._graph("head"), head_weights)
-        self.experts = ExpertStore(bundle, self._graph("expert"))
+        self.experts = ExpertStore(bundle, self._graph("expert"), self._expert_budget(memory_budget))
 
     # -- construction -------------------------------------------------------------------
+    def resident_bytes(self) -> int:
+        """The always-resident part: dense weights (attention, embedding, head) and a full KV cache."""
+        cfg = self.config
+        kv = 2 * cfg.num_layers * cfg.num_kv_heads * self.max_context * cfg.head_dim * 4
+        return (self.bundle.path / "dense.bin").stat().st_size + kv
+
+    def _expert_budget(self, memory_budget: int | None) -> int | None:
+        """Bytes left for experts; refuses a budget below one layer's working set."""
+        if memory_budget is None:
+            return None
+        expert_bytes = sum(a.nbytes for a in self.bundle.expert(0, 0).values())
+        minimum = self.resident_bytes() + self.config.num_experts_per_tok * expert_bytes
+        if memory_budget < minimum:
+            raise BudgetTooSmall(f"memory budget of {memory_budget / 2**20:.0f} MiB is too small: this model "
+                                 f"needs at least {minimum / 2**20:.0f} MiB ({self.resident_bytes() / 2**20:.0f} MiB "
+                                 f"always resident + {self.config.num_experts_per_tok} experts)")
+        return memory_budget - self.resident_bytes()
+
     def _graph(self, name: str) -> bytes:
         graph = self.bundle.graph(name)
         return graph if self.accuracy_level == 4 else set_accuracy_level(graph, self.accuracy_level)

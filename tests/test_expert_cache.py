@@ -1,0 +1,52 @@
+"""The expert LRU: byte budgets, eviction order, stats; and a budget that evicts every token."""
+import numpy as np
+import pytest
+
+import runtime
+from model_fixtures import bundle, prompt_ids
+from runtime.errors import BudgetTooSmall
+from runtime.expert_cache import ExpertCache
+
+
+def test_lru_evicts_least_recently_used_within_budget():
+    cache = ExpertCache(budget_bytes=300)
+    assert cache.put("a", 1, 100) == [] and cache.put("b", 2, 100) == [] and cache.put("c", 3, 100) == []
+    assert cache.get("a") == 1           # a is now the most recent
+    assert cache.put("d", 4, 100) == ["b"]
+    assert cache.resident() == ["c", "a", "d"] and cache.used == 300
+    assert cache.put("e", 5, 250) == ["c", "a", "d"]
+    assert cache.get("b") is None
+    s = cache.stats
+    assert (s.hits, s.misses, s.evictions) == (1, 1, 4) and s.hit_rate == 0.5
+
+
+def test_unlimited_cache_never_evicts_and_refresh_does_not_double_count():
+    cache = ExpertCache(budget_bytes=None)
+    for i in range(100):
+        cache.put(i, i, 10**9)
+    assert len(cache) == 100 and cache.stats.evictions == 0
+    cache.put(5, "again", 10**9)
+    assert cache.used == 100 * 10**9 and cache.peek(5) and not cache.peek(500)
+
+
+@pytest.mark.parametrize("layout", ["4b", "21b"])
+def test_logits_identical_with_evictions_on_every_token(layout):
+    path = bundle(layout)
+    unlimited = runtime.load(path, accuracy_level=0)
+    probe = runtime.load(path, accuracy_level=0)
+    minimum = probe.resident_bytes() + probe.config.num_experts_per_tok * probe.experts.expert_bytes
+    tight = runtime.load(path, accuracy_level=0, memory_budget=minimum)  # one token's experts of one layer
+    ids = prompt_ids()[:24]
+    cache_a, cache_b = unlimited.new_cache(), tight.new_cache()
+    for token in ids:  # token by token, so each step swaps the working set
+        np.testing.assert_array_equal(unlimited.prefill([token], cache_a), tight.prefill([token], cache_b))
+    stats = tight.experts.cache.stats
+    assert stats.evictions > len(ids) and stats.misses > stats.hits
+    assert tight.experts.cache.used <= tight.experts.cache.budget
+    assert unlimited.experts.cache.stats.evictions == 0
+
+
+def test_budget_below_the_minimum_is_refused():
+    probe = runtime.load(bundle("4b"))
+    with pytest.raises(BudgetTooSmall, match=r"needs at least \d+ MiB"):
+        runtime.load(bundle("4b"), memory_budget=probe.resident_bytes() // 2)
