@@ -36,14 +36,16 @@ class ExpertCache:
         self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> Any | None:
+    def get(self, key: Hashable, count: bool = True) -> Any | None:
         """The cached value (now most recently used), or None; counts a hit or a miss."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                self.stats.misses += 1
+                self.stats.misses += count
                 return None
             self._entries.move_to_end(key)
+            if not count:
+                return entry[0]
             self.stats.hits += 1
             self.stats.hits_by_key[key] = self.stats.hits_by_key.get(key, 0) + 1
             return entry[0]

@@ -1,9 +1,10 @@
 """Expert sessions: one ONNX Runtime session per (layer, expert), built from the shared graph.
 
 Each expert's six arrays are views of `experts.bin`; building a session prepacks them. Built
-sessions live in an `ExpertCache` whose byte budget decides how many stay resident; a miss
-builds the session again. `prefetch` is where the pre-attention router hands over the
-experts a layer is about to need.
+sessions live in an `ExpertCache` whose byte budget decides how many stay resident. The
+pre-attention router calls `prefetch` with the experts a layer is about to need, and an
+`ExpertLoader` thread builds the missing ones while attention runs; `session` waits only for
+a load still in flight, and builds on the spot what nobody asked for in time.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import onnxruntime as ort
 
 from .bundle import Bundle
 from .expert_cache import ExpertCache
+from .expert_loader import ExpertLoader
 from .sessions import make_session
 
 
@@ -22,6 +24,7 @@ class ExpertStore:
         self.bundle, self.graph = bundle, graph
         self.expert_bytes = sum(a.nbytes for a in bundle.expert(0, 0).values())  # raw Q4 bytes
         self.cache = ExpertCache(budget_bytes)
+        self.loader = ExpertLoader(self._load)
 
     def _build(self, layer: int, expert: int) -> ort.InferenceSession:
         started = time.perf_counter()
@@ -31,22 +34,34 @@ class ExpertStore:
         self.cache.stats.bytes_read += self.expert_bytes
         return session
 
+    def _load(self, key: tuple[int, int]) -> None:
+        if not self.cache.peek(key):
+            self.cache.put(key, self._build(*key), self.expert_bytes)
+
     def session(self, layer: int, expert: int) -> ort.InferenceSession:
         key = (layer, expert)
         session = self.cache.get(key)
-        if session is None:
+        if session is None:  # a miss: wait for the loader, or build it here
             started = time.perf_counter()
-            session = self._build(layer, expert)
-            self.cache.put(key, session, self.expert_bytes)
+            if self.loader.wait(key):
+                session = self.cache.get(key, count=False)
+            if session is None:
+                session = self._build(layer, expert)
+                self.cache.put(key, session, self.expert_bytes)
             self.cache.stats.stall_seconds += time.perf_counter() - started
         return session
 
     def prefetch(self, layer: int, experts: np.ndarray) -> None:
         """Experts the router chose for `layer`, known before its attention runs."""
+        for expert in np.unique(experts):
+            key = (layer, int(expert))
+            if not self.cache.peek(key):
+                self.loader.request(key)
 
     def run(self, layer: int, expert: int, h: np.ndarray) -> np.ndarray:
         """h [T, H] -> expert output [T, H]."""
         return self.session(layer, expert).run(["y"], {"h": np.ascontiguousarray(h)})[0]
 
     def close(self) -> None:
+        self.loader.close()
         self.cache.clear()
