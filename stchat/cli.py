@@ -16,6 +16,8 @@ import typer
 from stchat import __version__
 from stchat.ask import ask_command
 from stchat.exitcodes import ExitCode, StchatError
+from stchat.manage import list_command, rm_command, show_command
+from stchat.pull import pull_command
 
 app = typer.Typer(
     name="stchat",
@@ -42,6 +44,11 @@ def _root(
 
 
 app.command("ask")(ask_command)
+app.command("pull")(pull_command)
+app.command("list")(list_command)
+app.command("ls", hidden=True)(list_command)
+app.command("show")(show_command)
+app.command("rm")(rm_command)
 
 
 def _error(message: str) -> None:

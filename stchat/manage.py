@@ -1,0 +1,185 @@
+"""`stchat list`, `show` and `rm`: what is installed, what it needs, and getting rid of it.
+
+Everything here reads the bundle's `manifest.json` and the pull record next to it, never the
+runtime (so these commands answer instantly and work on a machine too small to load the
+model). The memory figures follow the runtime's own rule (`runtime/model.py`): everything in
+RAM is the dense weights, every expert and the KV cache; the smallest budget it accepts with
+offloading is the dense weights, the KV cache and one layer's active experts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stchat import install
+from stchat.exitcodes import ModelNotFound, UsageError
+from stchat.models import installed_models
+from stchat.paths import models_dir
+from stchat.progress import human_bytes
+
+DEFAULT_CONTEXT = 4096   # runtime.model.DEFAULT_CONTEXT: the KV cache `ask` allocates by default
+_ITEMSIZE = {"uint8": 1, "float32": 4, "float16": 2, "int32": 4, "int64": 8}
+
+
+@dataclass
+class Installed:
+    name: str
+    path: Path
+    manifest: dict
+    record: dict
+
+    @property
+    def source(self) -> str:
+        rec, src = self.record, self.manifest.get("source", {})
+        if rec.get("repo"):
+            return f"{rec['repo']}" + (f" {rec['file']}" if rec.get("kind") == "gguf" else "")
+        return rec.get("path") or src.get("path") or "?"
+
+    @property
+    def quantization(self) -> str:
+        src = self.manifest.get("source", {})
+        types = [t for t in src.get("source_types", []) if t not in ("F32",)]
+        quant = src.get("quantization", "?")
+        origin = "/".join(types)
+        return quant if not origin or origin == quant else f"{quant} (from {origin})"
+
+    @property
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+    @property
+    def date(self) -> str:
+        stamp = self.record.get("installed") or self.manifest.get("created") or ""
+        return stamp.replace("T", " ").rstrip("Z")[:16]
+
+    def memory(self) -> dict[str, int]:
+        """Bytes: dense, experts (all), one expert, KV cache, all-in-RAM total, offloading minimum."""
+        cfg = self.manifest["config"]
+        files = self.manifest.get("files", {})
+        dense = files.get("dense.bin", {}).get("size", 0)
+        arrays = self.manifest["experts"]["arrays"].values()
+        one = sum(_ITEMSIZE.get(a["dtype"], 4) * _prod(a["shape"]) for a in arrays)
+        experts = one * cfg["num_layers"] * cfg["num_experts"]
+        context = min(DEFAULT_CONTEXT, cfg["context_length"])
+        kv = 2 * cfg["num_layers"] * cfg["num_kv_heads"] * context * cfg["head_dim"] * 4
+        return {"dense": dense, "experts": experts, "expert": one, "kv_cache": kv, "kv_tokens": context,
+                "ram": dense + experts + kv, "minimum": dense + kv + cfg["num_experts_per_tok"] * one}
+
+
+def _prod(shape) -> int:
+    out = 1
+    for n in shape:
+        out *= int(n)
+    return out
+
+
+def installed() -> list[Installed]:
+    root = models_dir()
+    return [Installed(n, root / n, install.read_json(root / n / install.MANIFEST), install.read_record(root / n))
+            for n in installed_models()]
+
+
+def find(name: str) -> Installed:
+    """An installed model by name, or by the alias it was pulled as (`4b`)."""
+    models = installed()
+    for model in models:
+        if model.name == name:
+            return model
+    for model in models:
+        if model.record.get("alias") == name.lower():
+            return model
+    known = ", ".join(m.name for m in models) or "none"
+    raise ModelNotFound(f"no installed model named '{name}' (installed: {known})")
+
+
+def list_command(
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON array on stdout.")] = False,
+) -> None:
+    """Installed models: name, source repository and file, quantization, size on disk, date."""
+    models = installed()
+    rows = [{"name": m.name, "source": m.source, "quantization": m.quantization, "size": m.size,
+             "date": m.date, "path": str(m.path)} for m in models]
+    if json_output:
+        print(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        print(f"no models installed in {models_dir()}; get one with: stchat pull 4b", file=sys.stderr)
+        return
+    header = {"name": "NAME", "source": "SOURCE", "quantization": "QUANT", "size": "SIZE", "date": "DATE"}
+    table = [header] + [dict(r, size=human_bytes(r["size"])) for r in rows]
+    widths = {k: max(len(str(r[k])) for r in table) for k in header}
+    for row in table:
+        print("  ".join(str(row[k]).ljust(widths[k]) for k in header).rstrip())
+
+
+def show_command(
+    name: Annotated[str, typer.Argument(help="Installed model name (or the alias it was pulled as).")],
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Configuration, files, source and memory needed (all in RAM, and with expert offloading)."""
+    model = find(name)
+    cfg, memory = model.manifest["config"], model.memory()
+    files = {rel: info["size"] for rel, info in model.manifest.get("files", {}).items()}
+    if json_output:
+        print(json.dumps({"name": model.name, "path": str(model.path), "source": model.record or
+                          model.manifest.get("source"), "quantization": model.quantization, "config": cfg,
+                          "files": files, "size": model.size, "memory": memory}, indent=1))
+        return
+    rec = model.record
+    lines = [f"name          {model.name}", f"path          {model.path}", f"source        {model.source}"]
+    if rec.get("commit"):
+        sha = next((f.get("sha256") for f in rec.get("files", []) if f.get("sha256")), None)
+        lines.append(f"              commit {rec['commit'][:12]}" + (f", sha256 {sha[:16]}... verified" if sha else ""))
+    rope = sum(cfg["rope_layers"])
+    window = f"{cfg['sliding_window']} tokens on {sum(cfg['sliding_layers'])} layers" if cfg["sliding_window"] else "none"
+    lines += [f"quantization  {model.quantization}", f"installed     {model.date}",
+              f"config        {cfg['num_layers']} layers, hidden {cfg['hidden_size']}, {cfg['num_heads']} heads "
+              f"({cfg['num_kv_heads']} KV, dim {cfg['head_dim']})",
+              f"              {cfg['num_experts']} experts per layer, {cfg['num_experts_per_tok']} active, "
+              f"FFN {cfg['expert_ffn_size']}; vocab {cfg['vocab_size']}; context {cfg['context_length']}",
+              f"              RoPE on {rope}/{cfg['num_layers']} layers; sliding window: {window}",
+              "files"]
+    grouped: dict[str, int] = {}
+    for rel, size in files.items():
+        key = rel.split("/")[0] + "/" if "/" in rel else rel
+        grouped[key] = grouped.get(key, 0) + size
+    lines += [f"  {rel:<22}{human_bytes(size):>12}" for rel, size in sorted(grouped.items())]
+    lines += [f"  {'total on disk':<22}{human_bytes(model.size):>12}",
+              "memory",
+              f"  all in RAM          {human_bytes(memory['ram'])} (dense {human_bytes(memory['dense'])} + experts "
+              f"{human_bytes(memory['experts'])} + KV cache {human_bytes(memory['kv_cache'])} for "
+              f"{memory['kv_tokens']} tokens)",
+              f"  with offloading     at least {human_bytes(memory['minimum'])} (dense + KV cache + "
+              f"{cfg['num_experts_per_tok']} experts of one layer): stchat ask -m {model.name} --memory "
+              f"{_budget(memory['minimum'])}"]
+    print("\n".join(lines))
+
+
+def _budget(minimum: int) -> str:
+    """A `--memory` value at or above `minimum`, in whole MiB."""
+    return f"{-(-minimum // (1 << 20))}MiB"
+
+
+def rm_command(
+    name: Annotated[str, typer.Argument(help="Installed model name (or the alias it was pulled as).")],
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove an installed model (the Hugging Face cache is left alone)."""
+    model = find(name)
+    if not yes:
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            raise UsageError(f"not removing {model.name} without confirmation: pass -y")
+        if not typer.confirm(f"remove {model.name} ({human_bytes(model.size)})?", default=False, err=True):
+            print("not removed", file=sys.stderr)
+            raise typer.Exit(1)
+    trash = models_dir() / f".removing-{model.name}-{os.getpid()}"
+    os.replace(model.path, trash)    # gone from every listing at once, then deleted
+    shutil.rmtree(trash, ignore_errors=True)
+    print(f"removed {model.name}", file=sys.stderr)

@@ -1,0 +1,266 @@
+"""A stand-in for the Hugging Face Hub on 127.0.0.1, for testing `stchat pull` without a network.
+
+It answers the endpoints huggingface_hub 2.4.0 calls (`/work/shared/notes/huggingface_hub.md`):
+repository info with file metadata (`/api/models/{repo}[/revision/{rev}]?blobs=true`), tree
+listings, `paths-info`, and `HEAD`/`GET /{repo}/resolve/{rev}/{path}` with the Hub's headers
+(`X-Repo-Commit`, `X-Linked-Etag`, `X-Linked-Size`, `ETag`). Large (LFS) files are redirected
+to `/cdn/{sha256}` as the real Hub redirects to its CDN; both honour `Range` with 206. Errors
+carry `X-Error-Code` (unknown repositories get 401 like the real Hub; gated ones `GatedRepo`).
+
+Tests script failures per file with `faults[path] = [("cut", n), ("drop",), ...]`: each content
+request takes the next fault (send n bytes then close the connection; close without answering;
+`("corrupt",)`: flip a byte). `throttle` limits the content rate. Every request is logged with
+its method, path, Range header, status and body bytes sent, so tests can assert what was fetched.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+LFS_SUFFIXES = (".gguf", ".safetensors", ".bin")
+
+
+@dataclass
+class Served:
+    content: bytes
+    lfs: bool
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+    @property
+    def git_oid(self) -> str:
+        if self.lfs:  # the git blob of an LFS file is its pointer; any stable id does here
+            return hashlib.sha1(b"pointer " + self.sha256.encode()).hexdigest()
+        return hashlib.sha1(b"blob %d\0" % len(self.content) + self.content).hexdigest()
+
+
+@dataclass
+class Repo:
+    repo_id: str
+    files: dict[str, Served]
+    commit: str
+    gated: bool = False
+
+
+@dataclass
+class Logged:
+    method: str
+    path: str
+    range: str | None
+    status: int
+    sent: int = 0
+    file: str | None = None
+
+
+@dataclass
+class HubState:
+    repos: dict[str, Repo] = field(default_factory=dict)
+    log: list[Logged] = field(default_factory=list)
+    faults: dict[str, list[tuple]] = field(default_factory=dict)
+    throttle: int | None = None          # bytes per second for file content
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class HubServer:
+    def __init__(self):
+        self.state = HubState()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.state = self.state
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add_repo(self, repo_id: str, files: dict[str, bytes], gated: bool = False) -> Repo:
+        served = {path: Served(data, path.endswith(LFS_SUFFIXES) or path == "tokenizer.json")
+                  for path, data in files.items()}
+        commit = hashlib.sha1(repo_id.encode() + b"".join(s.sha256.encode() for s in served.values())).hexdigest()
+        repo = Repo(repo_id, served, commit, gated)
+        self.state.repos[repo_id] = repo
+        return repo
+
+    @property
+    def log(self) -> list[Logged]:
+        with self.state.lock:
+            return list(self.state.log)
+
+    def clear_log(self) -> None:
+        with self.state.lock:
+            self.state.log.clear()
+
+    def content_requests(self, file: str | None = None) -> list[Logged]:
+        """GETs that carried file bytes (resolve of small files, or the CDN)."""
+        return [e for e in self.log if e.method == "GET" and e.file is not None and (file is None or e.file == file)]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    @property
+    def state(self) -> HubState:
+        return self.server.state
+
+    def _record(self, status: int, sent: int = 0, file: str | None = None) -> None:
+        with self.state.lock:
+            self.state.log.append(Logged(self.command, self.path, self.headers.get("Range"), status, sent, file))
+
+    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, file: str | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, str(value))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._record(status, len(body) if self.command != "HEAD" else 0, file)
+
+    def _json(self, data, status: int = 200) -> None:
+        self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json"})
+
+    def _error(self, status: int, code: str, message: str = "") -> None:
+        self._send(status, json.dumps({"error": message or code}).encode(),
+                   {"X-Error-Code": code, "X-Error-Message": message or code, "Content-Type": "application/json"})
+
+    def _repo(self, repo_id: str) -> Repo | None:
+        repo = self.state.repos.get(repo_id)
+        if repo is None:
+            self._error(401, "RepoNotFound", "Repository not found")
+        return repo
+
+    # -- routing ------------------------------------------------------------------------
+    def do_HEAD(self):
+        self._route()
+
+    def do_GET(self):
+        self._route()
+
+    def do_POST(self):
+        self._route()
+
+    def _route(self) -> None:
+        url = urlsplit(self.path)
+        parts = [unquote(p) for p in url.path.split("/") if p]
+        if parts[:2] == ["api", "models"] and len(parts) >= 4:
+            return self._api(parts[2] + "/" + parts[3], parts[4:], parse_qs(url.query))
+        if parts[:1] == ["cdn"] and len(parts) == 2:
+            for repo in self.state.repos.values():
+                for path, served in repo.files.items():
+                    if served.sha256 == parts[1]:
+                        return self._content(path, served, {})
+            return self._error(404, "EntryNotFound")
+        if len(parts) >= 5 and parts[2] == "resolve":
+            return self._resolve(parts[0] + "/" + parts[1], parts[3], "/".join(parts[4:]))
+        self._error(404, "NotFound")
+
+    def _api(self, repo_id: str, rest: list[str], query: dict) -> None:
+        repo = self._repo(repo_id)
+        if repo is None:
+            return
+        if rest[:1] == ["revision"] and rest[1:] and rest[1] not in ("main", repo.commit):
+            return self._error(404, "RevisionNotFound")
+        if not rest or rest[:1] == ["revision"]:
+            siblings = [{"rfilename": path, "size": len(s.content), "blobId": s.git_oid,
+                         **({"lfs": {"sha256": s.sha256, "size": len(s.content), "pointerSize": 134}} if s.lfs else {})}
+                        for path, s in sorted(repo.files.items())]
+            return self._json({"_id": repo.commit[:24], "id": repo.repo_id, "modelId": repo.repo_id,
+                               "sha": repo.commit, "private": False, "disabled": False,
+                               "gated": "manual" if repo.gated else False, "downloads": 0, "likes": 0,
+                               "tags": ["gguf"], "siblings": siblings,
+                               "lastModified": "2025-07-25T00:00:00.000Z", "createdAt": "2025-07-25T00:00:00.000Z"})
+        if rest[0] in ("tree", "paths-info"):
+            if rest[0] == "tree":
+                prefix = "/".join(rest[2:])
+                paths = [p for p in sorted(repo.files) if not prefix or p.startswith(prefix + "/")]
+            else:
+                length = int(self.headers.get("Content-Length") or 0)
+                paths = [p for p in parse_qs(self.rfile.read(length).decode()).get("paths", []) if p in repo.files]
+            entries = []
+            for path in paths:
+                s = repo.files[path]
+                entry = {"type": "file", "oid": s.git_oid, "size": len(s.content), "path": path}
+                if s.lfs:
+                    entry["lfs"] = {"oid": s.sha256, "size": len(s.content), "pointerSize": 134}
+                entries.append(entry)
+            return self._json(entries)
+        self._error(404, "NotFound")
+
+    def _resolve(self, repo_id: str, revision: str, path: str) -> None:
+        repo = self._repo(repo_id)
+        if repo is None:
+            return
+        if revision not in ("main", repo.commit):
+            return self._error(404, "RevisionNotFound")
+        served = repo.files.get(path)
+        if served is None:
+            return self._error(404, "EntryNotFound", "Entry not found")
+        if repo.gated:
+            return self._error(401, "GatedRepo", "Access to this model is restricted")
+        headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{served.git_oid}"'}
+        if served.lfs:
+            headers.update({"X-Linked-Etag": f'"{served.sha256}"', "X-Linked-Size": len(served.content),
+                            "Location": f"/cdn/{served.sha256}"})
+            return self._send(302, b"", headers)
+        self._content(path, served, headers)
+
+    def _content(self, path: str, served: Served, headers: dict) -> None:
+        data = served.content
+        with self.state.lock:
+            queue = self.state.faults.get(path) or []
+            fault = queue.pop(0) if queue else None
+        if fault and fault[0] == "drop":
+            self._record(0, 0, path)
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if fault and fault[0] == "corrupt":
+            data = data[:-1] + bytes([data[-1] ^ 0xFF])
+        start, status = 0, 200
+        wanted = self.headers.get("Range")
+        if wanted and wanted.startswith("bytes="):
+            first, _, last = wanted[6:].partition("-")
+            start = int(first)
+            end = int(last) + 1 if last else len(data)
+            if start >= len(data):
+                return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+            data, status = data[start:end], 206
+            headers = dict(headers, **{"Content-Range": f"bytes {start}-{start + len(data) - 1}/{len(served.content)}"})
+        self.send_response(status)
+        for key, value in dict(headers, **{"Accept-Ranges": "bytes", "Content-Length": len(data)}).items():
+            self.send_header(key, str(value))
+        self.end_headers()
+        if self.command == "HEAD":
+            return self._record(status, 0, None)
+        limit = fault[1] if fault and fault[0] == "cut" else len(data)
+        sent = 0
+        try:
+            while sent < min(limit, len(data)):
+                piece = data[sent:min(limit, sent + 16384)]
+                self.wfile.write(piece)
+                self.wfile.flush()
+                sent += len(piece)
+                if self.state.throttle:
+                    time.sleep(len(piece) / self.state.throttle)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self._record(status, sent, path)
+        if sent < len(data):
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
