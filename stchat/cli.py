@@ -22,7 +22,8 @@ from stchat.pull import pull_command
 app = typer.Typer(
     name="stchat",
     help="Chat with SmallThinker mixture-of-experts models, offline, on the CPU.",
-    no_args_is_help=True,
+    no_args_is_help=False,  # no command: the chat app (stchat.tui)
+    invoke_without_command=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -37,10 +38,17 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[Optional[bool], typer.Option(
         "--version", callback=_show_version, is_eager=True, help="Print the version and exit.")] = None,
 ) -> None:
-    """Chat with SmallThinker mixture-of-experts models, offline, on the CPU."""
+    """Chat with SmallThinker mixture-of-experts models, offline, on the CPU.
+
+    Without a command, opens the chat app in the terminal."""
+    if ctx.invoked_subcommand is None:
+        from stchat.tui import run  # Textual is imported only here, so --help stays fast
+
+        raise typer.Exit(run())
 
 
 app.command("ask")(ask_command)

@@ -1,0 +1,424 @@
+"""The chat screen: conversations on the left, the current one as Markdown, the prompt below.
+
+Generation runs in a thread worker (group "generate"): it stores the reply as it streams
+(`storage.ReplyWriter`) and posts `ReplyDelta` / `ReplyDone` messages; the handlers stream the
+text into the last `MessageView` and do a full Markdown render when the reply ends. Esc calls
+`session.cancel()`, which the runtime checks between tokens. One chat session is kept, for the
+conversation on screen and the loaded model, so follow-up turns reuse its KV cache; switching
+conversation (or model) builds a new one from the stored history.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Label, ListItem, ListView, Markdown
+from textual.worker import get_current_worker
+
+from stchat.storage import Conversation
+from stchat.tui.engine import describe_error
+from stchat.tui.messages import ReplyDelta, ReplyDone, ReplyNotice, ReplyStarted
+from stchat.tui.modals import ConfirmScreen, TextPrompt
+from stchat.tui.widgets import MessageView, PromptInput, StatusBar, code_blocks
+
+NEW_TITLE = "New chat"
+WELCOME = """\
+# Welcome to stchat
+
+No model is installed yet. Download one from a shell:
+
+```sh
+stchat pull 4b
+```
+
+or convert a GGUF file you already have with `stchat ask -m ./model.gguf "hi"`.
+Then open **Models** (F4) to check it is there; this screen picks it up.
+"""
+
+
+def title_from(text: str) -> str:
+    first = " ".join(text.strip().split())
+    return first[:48] + ("…" if len(first) > 48 else "") or NEW_TITLE
+
+
+class ConversationItem(ListItem):
+    def __init__(self, conversation: Conversation):
+        super().__init__(Label(conversation.title, markup=False), id=f"conversation-{conversation.id}")
+        self.conversation_id = conversation.id
+
+
+class ChatScreen(Screen):
+    DEFAULT_CSS = """
+    ChatScreen #sidebar { width: 32; border-right: solid $panel-lighten-2; }
+    ChatScreen #search { margin: 0 0 1 0; }
+    ChatScreen #conversations { height: 1fr; }
+    ChatScreen #messages { height: 1fr; padding: 0 1; }
+    ChatScreen #prompt { height: auto; min-height: 3; max-height: 10; }
+    ChatScreen .message { height: auto; margin: 0 0 1 0; padding: 0 1; }
+    ChatScreen .message.user { background: $boost; border-left: wide $accent; }
+    ChatScreen .message.assistant { border-left: wide $primary; }
+    ChatScreen .message:focus { background: $boost; border-left: wide $warning; }
+    ChatScreen .message .header { color: $text-muted; text-style: bold; }
+    ChatScreen .message Markdown { margin: 0; padding: 0; }
+    ChatScreen #welcome { padding: 1 2; }
+    """
+    BINDINGS = [
+        Binding("ctrl+n", "new_conversation", "New", id="chat.new"),
+        Binding("escape", "stop", "Stop", id="chat.stop"),
+        Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate"),
+        Binding("f2", "rename", "Rename", id="chat.rename"),
+        Binding("f8,delete", "delete", "Delete", id="chat.delete"),
+        Binding("ctrl+f", "search", "Search", id="chat.search"),
+        Binding("ctrl+s", "export", "Export", id="chat.export"),
+        Binding("ctrl+o", "copy_reply", "Copy reply", id="chat.copy_reply"),
+        Binding("ctrl+b", "copy_code", "Copy code", id="chat.copy_code", show=False),
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.conversation_id: int | None = None
+        self.session = None
+        self.session_key = None
+        self.generating = False
+        self.streaming_view: MessageView | None = None
+        self.stream = None
+        self._started = 0.0
+        self._tokens = 0
+
+    # -- layout -------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="body"):
+            with Vertical(id="sidebar"):
+                yield Input(placeholder="Search chats (ctrl+f)", id="search")
+                yield ListView(id="conversations")
+            with Vertical(id="main"):
+                yield VerticalScroll(id="messages")
+                yield PromptInput(id="prompt", soft_wrap=True, show_line_numbers=False,
+                                  placeholder="Message (Enter sends, Ctrl+J newline)")
+        yield StatusBar(id="status")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        await self.refresh_conversations()
+        conversations = self.app.store.conversations()
+        if conversations:
+            await self.open_conversation(conversations[0].id)
+        else:
+            await self.show_empty()
+        self.query_one(PromptInput).focus()
+
+    @property
+    def messages_view(self) -> VerticalScroll:
+        return self.query_one("#messages", VerticalScroll)
+
+    async def refresh_conversations(self) -> None:
+        query = self.query_one("#search", Input).value
+        found = self.app.store.search(query)
+        listing = self.query_one("#conversations", ListView)
+        await listing.clear()
+        await listing.extend(ConversationItem(c) for c in found)
+        ids = [c.id for c in found]
+        if self.conversation_id in ids:
+            listing.index = ids.index(self.conversation_id)
+
+    async def show_empty(self) -> None:
+        await self.messages_view.remove_children()
+        if not self.app.engine_installed():
+            await self.messages_view.mount(Markdown(WELCOME, id="welcome"))
+
+    async def open_conversation(self, conversation_id: int | None) -> None:
+        """Show a conversation (None: an empty screen for a new one)."""
+        if self.generating:
+            self.action_stop()
+        self.conversation_id = conversation_id
+        if conversation_id is None:
+            await self.show_empty()
+            self.app.context = None
+            return
+        await self.messages_view.remove_children()
+        views = [MessageView(m.role, m.content, state=m.state, stats=m.stats, message_id=m.id)
+                 for m in self.app.store.messages(conversation_id)]
+        if views:
+            await self.messages_view.mount_all(views)
+        self.messages_view.scroll_end(animate=False)
+        self.app.context = None
+        self.app.want_model(self.app.store.conversation(conversation_id).model)
+
+    # -- sidebar ------------------------------------------------------------------------------
+    @on(ListView.Selected, "#conversations")
+    async def _selected(self, event: ListView.Selected) -> None:
+        item = event.item
+        if isinstance(item, ConversationItem) and item.conversation_id != self.conversation_id:
+            await self.open_conversation(item.conversation_id)
+            self.query_one(PromptInput).focus()
+
+    @on(Input.Changed, "#search")
+    async def _search(self, event: Input.Changed) -> None:
+        await self.refresh_conversations()
+
+    @on(Input.Submitted, "#search")
+    def _search_done(self) -> None:
+        listing = self.query_one("#conversations", ListView)
+        if listing.index is None and len(listing):
+            listing.index = 0
+        listing.focus()
+
+    def action_search(self) -> None:
+        self.query_one("#search", Input).focus()
+
+    async def action_new_conversation(self) -> None:
+        await self.open_conversation(None)
+        await self.refresh_conversations()
+        self.query_one(PromptInput).focus()
+
+    def _target(self) -> int | None:
+        """The conversation a sidebar action means: the highlighted one when the list has focus."""
+        listing = self.query_one("#conversations", ListView)
+        if listing.has_focus and isinstance(listing.highlighted_child, ConversationItem):
+            return listing.highlighted_child.conversation_id
+        return self.conversation_id
+
+    def action_rename(self) -> None:
+        target = self._target()
+        if target is None:
+            self.app.notify("Nothing to rename: send a first message.", severity="warning")
+            return
+
+        async def done(title: str | None) -> None:
+            if title is None:
+                return
+            try:
+                self.app.store.rename(target, title)
+            except ValueError as error:
+                self.app.notify(str(error), severity="error")
+                return
+            await self.refresh_conversations()
+
+        self.app.push_screen(TextPrompt("Rename the conversation:", self.app.store.conversation(target).title,
+                                        ok_label="Rename"), done)
+
+    def action_delete(self) -> None:
+        target = self._target()
+        if target is None:
+            return
+        title = self.app.store.conversation(target).title
+
+        async def done(confirmed: bool | None) -> None:
+            if not confirmed:
+                return
+            if target == self.conversation_id:
+                await self.open_conversation(None)
+            self.app.store.delete_conversation(target)
+            await self.refresh_conversations()
+            self.app.notify(f"Deleted “{title}”.")
+
+        self.app.push_screen(ConfirmScreen(f"Delete the conversation “{title}” and all its messages?"), done)
+
+    # -- sending ------------------------------------------------------------------------------
+    def _can_generate(self) -> bool:
+        if self.generating:
+            self.app.notify("A reply is being written: wait, or press Esc to stop it.", severity="warning")
+            return False
+        if self.app.model is None:
+            if self.app.loading:
+                self.app.notify(f"The model {self.app.loading} is still loading.", severity="warning")
+            elif not self.app.engine_installed():
+                self.app.notify("No model installed: run `stchat pull 4b` in a shell.", severity="error")
+            else:
+                self.app.notify("No model loaded: choose one in Models (F4).", severity="error")
+            return False
+        return True
+
+    @on(PromptInput.Submitted)
+    async def _submitted(self, event: PromptInput.Submitted) -> None:
+        text = event.text
+        if not text.strip() or not self._can_generate():
+            return
+        store = self.app.store
+        if self.conversation_id is None:
+            settings = self.app.settings
+            conversation = store.create_conversation(
+                title_from(text), model=self.app.model_name, system_prompt=settings.system_prompt or None,
+                sampling=settings.sampling())
+            self.conversation_id = conversation.id
+            await self.messages_view.remove_children()
+        store.add_message(self.conversation_id, "user", text)  # saved before the reply starts
+        self.query_one(PromptInput).clear()
+        await self.messages_view.mount(MessageView("user", text))
+        await self.refresh_conversations()
+        await self._start_reply(text, regenerate=False)
+
+    async def action_regenerate(self) -> None:
+        if self.conversation_id is None or not self._can_generate():
+            return
+        messages = self.app.store.messages(self.conversation_id)
+        if not messages:
+            return
+        if messages[-1].role == "assistant":
+            self.app.store.delete_message(messages[-1].id)
+            views = self.messages_view.query(MessageView)
+            if views and views.last().role == "assistant":
+                await views.last().remove()
+            messages = messages[:-1]
+        if not messages or messages[-1].role != "user":
+            self.app.notify("Nothing to regenerate.", severity="warning")
+            return
+        await self._start_reply(messages[-1].content, regenerate=True)
+
+    async def _start_reply(self, text: str, regenerate: bool) -> None:
+        self.generating = self.app.generating = True
+        self.streaming_view = MessageView("assistant", state="streaming")
+        await self.messages_view.mount(self.streaming_view)
+        self.messages_view.scroll_end(animate=False)
+        self.messages_view.anchor()
+        self.stream = Markdown.get_stream(self.streaming_view.markdown)
+        self._started, self._tokens = time.monotonic(), 0
+        self.generate(self.app.store.conversation(self.conversation_id), text, regenerate)
+
+    def _session_for(self, conversation: Conversation, regenerate: bool):
+        """The chat session for this conversation and model, built from the stored history."""
+        model = self.app.model
+        key = (conversation.id, id(model))
+        if self.session is not None and self.session_key == key:
+            return self.session
+        stored = self.app.store.messages(conversation.id)
+        if not regenerate:
+            stored = stored[:-1]  # the user message just saved: send() adds it
+        history = [{"role": m.role, "content": m.content} for m in stored if m.role in ("user", "assistant")]
+        self.session = self.app.engine.session(model, system_prompt=conversation.system_prompt,
+                                               sampling=conversation.sampling, messages=history)
+        self.session_key = key
+        return self.session
+
+    @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
+    def generate(self, conversation: Conversation, text: str, regenerate: bool) -> None:
+        """Runs in a thread: feeds the session, stores the reply as it streams, posts events."""
+        from runtime.events import Finished, Notice, TextDelta
+
+        worker = get_current_worker()
+        writer, finished, error = None, None, None
+        try:
+            session = self._session_for(conversation, regenerate)
+            writer = self.app.store.reply_writer(conversation.id)
+            self.post_message(ReplyStarted(conversation.id, writer.message_id))
+            events = session.regenerate() if regenerate else session.send(text)
+            for event in events:
+                if isinstance(event, TextDelta):
+                    writer.append(event.text)
+                    self.post_message(ReplyDelta(event.text))
+                elif isinstance(event, Notice):
+                    self.post_message(ReplyNotice(event.message))
+                elif isinstance(event, Finished):
+                    finished = event
+                if worker.is_cancelled and session is not None:
+                    session.cancel()
+        except Exception as caught:  # shown as a notification, the partial reply is kept
+            error = describe_error(caught)
+        state = "complete" if finished is not None and finished.reason != "cancelled" and error is None else "stopped"
+        stats = None
+        if finished is not None:
+            stats = {"finish_reason": finished.reason, "prompt_tokens": finished.prompt_tokens,
+                     "generated_tokens": finished.generated_tokens, "prompt_seconds": finished.prompt_seconds,
+                     "generation_seconds": finished.generation_seconds, "prompt_tps": finished.prompt_tps,
+                     "generation_tps": finished.generation_tps}
+        text_out = ""
+        if writer is not None:
+            try:
+                writer.finish(state, stats)
+            except Exception as caught:
+                error = error or f"the reply could not be saved: {describe_error(caught)}"
+            text_out = writer.text
+        self.post_message(ReplyDone(conversation.id, writer.message_id if writer else None, text_out,
+                                    state, stats, error))
+
+    def on_reply_started(self, message: ReplyStarted) -> None:
+        if self.streaming_view is not None:
+            self.streaming_view.message_id = message.message_id
+
+    async def on_reply_delta(self, message: ReplyDelta) -> None:
+        self._tokens += 1
+        if self.streaming_view is not None:
+            self.streaming_view.content += message.text
+        if self.stream is not None:
+            await self.stream.write(message.text)
+        elapsed = time.monotonic() - self._started
+        if elapsed > 0:
+            self.app.generation_tps = self._tokens / elapsed
+        self._update_context()
+
+    def on_reply_notice(self, message: ReplyNotice) -> None:
+        self.app.notify(message.text, title="Context")
+
+    async def on_reply_done(self, message: ReplyDone) -> None:
+        if self.stream is not None:
+            await self.stream.stop()
+            self.stream = None
+        view, self.streaming_view = self.streaming_view, None
+        if view is not None and view.is_attached:
+            await view.finish(message.text, message.state, message.stats)
+        if message.stats:
+            self.app.prompt_tps = message.stats["prompt_tps"] if message.stats["prompt_tokens"] else None
+            self.app.generation_tps = message.stats["generation_tps"] if message.stats["generated_tokens"] else None
+        self._update_context()
+        self.generating = self.app.generating = False
+        if message.error:
+            self.app.notify(message.error, title="Generation failed", severity="error", timeout=10)
+            self.session = self.session_key = None  # rebuild from the stored history next time
+        self.query_one("#status", StatusBar).refresh_status()
+        self.app.generation_finished()
+
+    def _update_context(self) -> None:
+        cache = getattr(self.session, "cache", None)
+        if cache is not None:
+            self.app.context = (cache.length, cache.capacity)
+
+    def action_stop(self) -> None:
+        if self.generating and self.session is not None:
+            self.session.cancel()
+            self.app.notify("Stopped.", timeout=2)
+
+    # -- copy and export ----------------------------------------------------------------------
+    def _last_reply(self) -> MessageView | None:
+        replies = [v for v in self.query(MessageView) if v.role == "assistant"]
+        return replies[-1] if replies else None
+
+    def action_copy_reply(self) -> None:
+        reply = self._last_reply()
+        if reply is None or not reply.content:
+            self.app.notify("No reply to copy yet.", severity="warning")
+            return
+        self.app.copy_text(reply.content, "reply")
+
+    def action_copy_code(self) -> None:
+        for view in reversed(list(self.query(MessageView))):
+            blocks = code_blocks(view.content)
+            if blocks:
+                self.app.copy_text(blocks[-1], "code block")
+                return
+        self.app.notify("No code block in this conversation.", severity="warning")
+
+    def action_export(self) -> None:
+        if self.conversation_id is None:
+            self.app.notify("Nothing to export yet.", severity="warning")
+            return
+        conversation = self.app.store.conversation(self.conversation_id)
+        slug = "".join(ch if ch.isalnum() else "-" for ch in conversation.title.lower()).strip("-")[:40] or "chat"
+        suggestion = str(Path.cwd() / f"{slug}-{conversation.id}.md")
+
+        def done(path: str | None) -> None:
+            if not path:
+                return
+            target = Path(path).expanduser()
+            try:
+                target.write_text(self.app.store.export_markdown(conversation.id), encoding="utf-8")
+            except OSError as error:
+                self.app.notify(f"{target}: {error.strerror}", title="Export failed", severity="error")
+                return
+            self.app.notify(f"Exported to {target}")
+
+        self.app.push_screen(TextPrompt("Export the conversation as Markdown to:", suggestion, "Export"), done)

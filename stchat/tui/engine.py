@@ -1,0 +1,115 @@
+"""What the TUI asks of the inference side, in one small interface a test can fake.
+
+The app never calls the runtime directly: it holds an `Engine`, which lists installed models,
+loads one (blocking: always called from a thread worker) and opens chat sessions on it. The
+real engine, `RuntimeEngine`, imports `runtime` on first use, so starting the app costs nothing
+until a model is loaded. Tests pass a scripted engine with the same methods.
+
+A loaded model is used through: `.config` (num_layers, num_experts, ...),
+`.experts.cache` (`stats`, `resident()`, `used`, `budget`), `.memory_budget`,
+`.resident_bytes()` and `.close()`. A session through `.send(text)`, `.regenerate()`,
+`.cancel()`, `.messages` and `.cache.length` / `.cache.capacity`, yielding the runtime's events.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: Path
+    size: int      # bytes on disk
+    source: str    # where it came from: a repository, a file name, or "-"
+
+
+class Engine(Protocol):
+    def installed(self) -> list[ModelInfo]: ...
+
+    def load(self, name: str, *, memory_budget: int | None, threads: int | None): ...
+
+    def session(self, model, *, system_prompt: str | None, sampling: dict, messages: list[dict]): ...
+
+    def delete(self, name: str) -> None: ...
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for item in path.rglob("*"):
+        try:
+            if item.is_file():
+                total += item.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def _source(bundle: Path) -> str:
+    try:
+        source = json.loads((bundle / "manifest.json").read_text(encoding="utf-8")).get("source") or {}
+    except (OSError, ValueError, AttributeError):
+        return "-"
+    if not isinstance(source, dict):
+        return str(source)
+    for key in ("repo", "repo_id", "url", "name"):
+        if source.get(key):
+            return str(source[key])
+    return "-"
+
+
+def split_sampling(sampling: dict) -> tuple[dict, int]:
+    """A conversation's stored sampling dict -> (SamplingParams keywords, max_tokens)."""
+    known = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
+    params = {k: sampling[k] for k in known if sampling.get(k) is not None}
+    return params, int(sampling.get("max_tokens") or 1024)
+
+
+class RuntimeEngine:
+    """The real engine: stchat's own runtime, models from `paths.models_dir()`."""
+
+    def installed(self) -> list[ModelInfo]:
+        from stchat.models import installed_models
+        from stchat.paths import models_dir
+
+        root = models_dir()
+        return [ModelInfo(name, root / name, _dir_size(root / name), _source(root / name))
+                for name in installed_models()]
+
+    def load(self, name: str, *, memory_budget: int | None, threads: int | None):
+        import runtime
+        from stchat.models import resolve
+
+        resolved = resolve(name, log=lambda message: None)
+        return runtime.load(resolved.path, memory_budget=memory_budget, threads=threads)
+
+    def session(self, model, *, system_prompt: str | None, sampling: dict, messages: list[dict]):
+        import runtime
+
+        params, max_tokens = split_sampling(sampling)
+        return runtime.ChatSession(model, system_prompt=system_prompt or None,
+                                   sampling=runtime.SamplingParams(**params), max_tokens=max_tokens,
+                                   messages=messages)
+
+    def delete(self, name: str) -> None:
+        from stchat.paths import models_dir
+
+        path = models_dir() / name
+        if not (path / "manifest.json").is_file():
+            raise FileNotFoundError(f"{name}: not an installed model")
+        trash = path.with_name(f".{name}.deleting")
+        path.rename(trash)  # atomic: the model disappears at once, then its files go
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def describe_error(error: BaseException) -> str:
+    """One readable line for a notification, never a traceback."""
+    text = " ".join(str(error).split())
+    if isinstance(error, MemoryError):
+        return "out of memory" + (f": {text}" if text else "")
+    if isinstance(error, FileNotFoundError) and error.filename:
+        return f"{error.filename}: no such file or directory"
+    return text or type(error).__name__

@@ -1,0 +1,283 @@
+"""Pilot tests of the chat screen on a scripted engine: typing, sending, stopping, regenerating,
+switching and searching conversations, copying and exporting."""
+from __future__ import annotations
+
+import asyncio
+
+from textual.widgets import ListView
+
+from stchat.tui.chat import ChatScreen, ConversationItem
+from stchat.tui.widgets import MessageView, PromptInput, code_blocks
+
+from .fakes import FakeEngine
+
+
+async def wait_for(pilot, condition, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.02)
+
+
+async def ready(pilot):
+    """Wait for the fake model to load; returns the chat screen."""
+    await wait_for(pilot, lambda: pilot.app.model is not None)
+    return pilot.app.screen
+
+
+async def send(pilot, text: str) -> None:
+    screen = pilot.app.screen
+    prompt = screen.query_one(PromptInput)
+    prompt.focus()
+    prompt.insert(text)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: not screen.generating and screen.streaming_view is None)
+
+
+def views(screen) -> list[tuple[str, str, str]]:
+    return [(v.role, v.content, v.state) for v in screen.query(MessageView)]
+
+
+async def test_enter_sends_and_the_reply_streams_into_storage(make_app, store):
+    app = make_app()
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        assert isinstance(screen, ChatScreen)
+        await pilot.press(*"hello")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not screen.generating and len(views(screen)) == 2)
+        assert views(screen) == [("user", "hello", "complete"), ("assistant", "You said: **hello**", "complete")]
+        assert screen.query_one(PromptInput).text == ""
+        [conversation] = store.conversations()
+        assert conversation.title == "hello" and conversation.model == "tiny"
+        assert [(m.role, m.content, m.state) for m in store.messages(conversation.id)] == [
+            ("user", "hello", "complete"), ("assistant", "You said: **hello**", "complete")]
+        assert store.messages(conversation.id)[1].stats["generated_tokens"] == 3
+        assert app.generation_tps == 20.0 and app.prompt_tps == 100.0
+        assert app.context == (4, 4096)
+        # the final full render happened: the Markdown widget holds the whole reply
+        assert screen.query(MessageView).last().markdown.source == "You said: **hello**"
+
+
+async def test_newline_keys_and_paste_stay_in_one_message(make_app, store):
+    app = make_app()
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await pilot.press("a", "ctrl+j", "b", "shift+enter", "c")
+        prompt = screen.query_one(PromptInput)
+        assert prompt.text == "a\nb\nc"
+        from textual.events import Paste
+
+        app.post_message(Paste("\nline two\nline three"))  # as the driver delivers a bracketed paste
+        await pilot.pause()
+        assert prompt.text == "a\nb\nc\nline two\nline three"
+        assert not screen.generating
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(views(screen)) == 2 and not screen.generating)
+        assert views(screen)[0] == ("user", "a\nb\nc\nline two\nline three", "complete")
+
+
+async def test_blank_message_is_not_sent(make_app, store):
+    app = make_app()
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await pilot.press("space", "ctrl+j", "enter")
+        await pilot.pause()
+        assert views(screen) == [] and store.conversations() == []
+
+
+async def test_escape_stops_generation_and_marks_the_reply_stopped(make_app, store):
+    engine = FakeEngine(reply=lambda text: " ".join(f"w{i}" for i in range(400)), delay=0.01)
+    app = make_app(engine)
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await pilot.press(*"go", "enter")
+        await wait_for(pilot, lambda: screen.streaming_view is not None and len(screen.streaming_view.content) > 10)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not screen.generating)
+        role, content, state = views(screen)[-1]
+        assert role == "assistant" and state == "stopped"
+        assert 0 < len(content.split()) < 400
+        [conversation] = store.conversations()
+        reply = store.messages(conversation.id)[-1]
+        assert (reply.content, reply.state) == (content, "stopped")
+        assert reply.stats["finish_reason"] == "cancelled"
+
+
+async def test_sending_while_generating_is_refused(make_app, store):
+    engine = FakeEngine(reply=lambda text: " ".join("x" * 2000), delay=0.01)
+    app = make_app(engine)
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await pilot.press(*"one", "enter")
+        await wait_for(pilot, lambda: screen.generating)
+        screen.query_one(PromptInput).insert("two")
+        await pilot.press("enter")
+        assert screen.generating
+        assert screen.query_one(PromptInput).text == "two"  # kept for later
+        assert any("being written" in n.message for n in app._notifications)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not screen.generating)
+
+
+async def test_regenerate_replaces_the_last_reply(make_app, store):
+    engine = FakeEngine(reply=lambda text, n: f"answer number {n}")
+    app = make_app(engine)
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "question")
+        assert views(screen)[-1][1] == "answer number 0"
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: not screen.generating and views(screen)[-1][1] == "answer number 1")
+        assert [v[:2] for v in views(screen)] == [("user", "question"), ("assistant", "answer number 1")]
+        [conversation] = store.conversations()
+        assert [m.content for m in store.messages(conversation.id)] == ["question", "answer number 1"]
+        # the same session was reused: its history holds only the new reply
+        assert engine.sessions[-1].messages == [{"role": "user", "content": "question"},
+                                                {"role": "assistant", "content": "answer number 1"}]
+        assert len(engine.sessions) == 1
+
+
+async def test_follow_up_turns_reuse_the_session(make_app, store):
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "first")
+        await send(pilot, "second")
+        assert len(engine.sessions) == 1
+        assert engine.calls[-1] == ("reply", ["first", "You said: **first**", "second"])
+
+
+async def test_switching_conversations_restores_history_and_session(make_app, store):
+    old = store.create_conversation("older chat", model="tiny")
+    store.add_message(old.id, "user", "old question")
+    store.add_message(old.id, "assistant", "old answer")
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        assert screen.conversation_id == old.id  # the most recent one opens
+        assert [v[1] for v in views(screen)] == ["old question", "old answer"]
+        await pilot.press("ctrl+n")
+        assert views(screen) == []
+        await send(pilot, "fresh start")
+        new_id = screen.conversation_id
+        assert new_id != old.id
+        listing = screen.query_one("#conversations", ListView)
+        assert [item.conversation_id for item in listing.query(ConversationItem)] == [new_id, old.id]
+        listing.focus()
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: screen.conversation_id == old.id)
+        assert [v[1] for v in views(screen)] == ["old question", "old answer"]
+        await send(pilot, "and now?")
+        # a new session built from the stored history of the old conversation
+        assert engine.calls[-1] == ("reply", ["old question", "old answer", "and now?"])
+
+
+async def test_search_filters_by_title_and_message_text(make_app, store):
+    for title, text in [("Rust help", "borrow checker"), ("Dinner", "a risotto recipe"), ("Misc", "nothing")]:
+        c = store.create_conversation(title)
+        store.add_message(c.id, "user", text)
+    app = make_app()
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await pilot.press("ctrl+f", *"risotto")
+        await pilot.pause()
+        listing = screen.query_one("#conversations", ListView)
+        titles = [str(item.query_one("Label").render()) for item in listing.query(ConversationItem)]
+        assert titles == ["Dinner"]
+        for _ in "risotto":
+            await pilot.press("backspace")
+        await pilot.press(*"rust")
+        await pilot.pause()
+        titles = [str(item.query_one("Label").render()) for item in listing.query(ConversationItem)]
+        assert titles == ["Rust help"]
+        await pilot.press("enter")  # to the list
+        await pilot.press("enter")  # open it
+        await wait_for(pilot, lambda: views(screen) and views(screen)[0][1] == "borrow checker")
+
+
+async def test_rename_and_delete_with_confirmation(make_app, store):
+    keep = store.create_conversation("keep me")
+    doomed = store.create_conversation("doomed")
+    app = make_app()
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        assert screen.conversation_id == doomed.id
+        await pilot.press("f2")
+        await pilot.pause()
+        await pilot.press(*"renamed", "enter")  # the old title is selected: typing replaces it
+        await pilot.pause()
+        assert store.conversation(doomed.id).title == "renamed"
+        await pilot.press("f8")
+        await pilot.pause()
+        await pilot.press("escape")  # cancelled: nothing deleted
+        await pilot.pause()
+        assert len(store.conversations()) == 2
+        await pilot.press("f8")
+        await pilot.pause()
+        await pilot.press("y")
+        await wait_for(pilot, lambda: len(store.conversations()) == 1)
+        assert store.conversations()[0].id == keep.id
+        assert screen.conversation_id is None
+
+
+async def test_copy_reply_and_code_block(make_app, store):
+    engine = FakeEngine(reply=lambda text: "Here:\n\n```python\nprint('hi')\n```\n\nDone.")
+    app = make_app(engine)
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "code please")
+        await pilot.press("ctrl+o")
+        assert app.clipboard == "Here:\n\n```python\nprint('hi')\n```\n\nDone."
+        await pilot.press("ctrl+b")
+        assert app.clipboard == "print('hi')"
+        first = screen.query(MessageView).first()
+        first.focus()
+        await pilot.press("c")
+        assert app.clipboard == "code please"
+
+
+def test_code_blocks():
+    text = "a\n```\none\n```\nb\n~~~sh\ntwo\nlines\n~~~\n````md\n```inner```\n````"
+    assert code_blocks(text) == ["one", "two\nlines", "```inner```"]
+
+
+async def test_export_writes_markdown(make_app, store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = make_app()
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "export me")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        [exported] = list(tmp_path.glob("export-me-*.md"))
+        text = exported.read_text()
+        assert text.startswith("# export me\n") and "## Assistant\n\nYou said: **export me**" in text
+
+
+async def test_generation_error_is_a_notification_and_the_partial_reply_is_kept(make_app, store):
+    engine = FakeEngine(reply=lambda text: "one two three four")
+    engine.fail_after = 2
+    app = make_app(engine)
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "crash")
+        assert views(screen)[-1] == ("assistant", "one two", "stopped")
+        [conversation] = store.conversations()
+        assert store.messages(conversation.id)[-1].state == "stopped"
+        assert any("out of memory: cannot allocate 12 MiB" in n.message for n in app._notifications)
+
+
+async def test_context_notice_is_shown(make_app, store):
+    engine = FakeEngine()
+    engine.notice = "context full: dropped the 2 oldest messages"
+    app = make_app(engine)
+    async with app.run_test() as pilot:
+        await ready(pilot)
+        await send(pilot, "hi")
+        assert any("dropped the 2 oldest" in n.message for n in app._notifications)
