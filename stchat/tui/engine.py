@@ -16,7 +16,14 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
+
+Report = Callable[[str, bool], None]  # (text, transient): a status line redrawn in place, or a log line
+Cancelled = Callable[[], bool]
+
+
+class PullCancelled(Exception):
+    """Raised inside a pull when the user stopped it; pulling again resumes."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,8 @@ class Engine(Protocol):
 
     def delete(self, name: str) -> None: ...
 
+    def pull(self, spec: str, report: "Report", cancelled: "Cancelled") -> str: ...
+
 
 def _dir_size(path: Path) -> int:
     total = 0
@@ -49,6 +58,16 @@ def _dir_size(path: Path) -> int:
 
 
 def _source(bundle: Path) -> str:
+    try:
+        from stchat.install import read_record
+
+        record = read_record(bundle)
+        if record.get("repo"):
+            return f"{record['repo']} {record.get('file') or ''}".strip()
+        if record.get("path"):
+            return str(record["path"])
+    except ImportError:
+        pass
     try:
         source = json.loads((bundle / "manifest.json").read_text(encoding="utf-8")).get("source") or {}
     except (OSError, ValueError, AttributeError):
@@ -94,6 +113,9 @@ class RuntimeEngine:
                                    sampling=runtime.SamplingParams(**params), max_tokens=max_tokens,
                                    messages=messages)
 
+    def pull(self, spec: str, report: Report, cancelled: Cancelled) -> str:
+        return run_pull(spec, report, cancelled)
+
     def delete(self, name: str) -> None:
         from stchat.paths import models_dir
 
@@ -103,6 +125,45 @@ class RuntimeEngine:
         trash = path.with_name(f".{name}.deleting")
         path.rename(trash)  # atomic: the model disappears at once, then its files go
         shutil.rmtree(trash, ignore_errors=True)
+
+
+class _ReportStream:
+    """A text stream for `stchat.progress.Reporter` that hands its lines to the UI, and that
+    stops the pull (by raising from a write) once `cancelled()` is true."""
+
+    def __init__(self, report: Report, cancelled: Cancelled):
+        self.report, self.cancelled = report, cancelled
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self.cancelled():
+            raise PullCancelled("pull stopped")
+        transient = text.startswith("\r")
+        clean = text.replace("\r", "").replace("\x1b[K", "").strip()
+        if clean:
+            self.report(clean, transient)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def run_pull(spec_text: str, report: Report, cancelled: Cancelled) -> str:
+    """`stchat pull SPEC` with its progress sent to `report`; returns the installed name."""
+    from stchat import catalog
+    from stchat.catalog import LocalSpec
+    from stchat.hub import Hub
+    from stchat.progress import Reporter
+    from stchat.pull import pull_hub, pull_local
+
+    reporter = Reporter(stream=_ReportStream(report, cancelled), tty=True)
+    spec = catalog.parse_spec(spec_text.strip(), "gguf")
+    if isinstance(spec, LocalSpec):
+        return pull_local(spec.path, reporter)
+    # yes=True: never ask on the terminal from a worker thread (the warning is still reported)
+    return pull_hub(spec, Hub.from_environment(), reporter, keep_source=False, yes=True)
 
 
 def describe_error(error: BaseException) -> str:

@@ -59,3 +59,16 @@ class ReplyDone(Message):
 class ModelDeleted(Message):
     name: str
     error: str | None = None
+
+
+@dataclass
+class PullProgress(Message):
+    text: str
+    transient: bool  # a status line redrawn in place (bar, percent) rather than a log line
+
+
+@dataclass
+class PullDone(Message):
+    name: str | None
+    error: str | None = None
+    cancelled: bool = False

@@ -159,3 +159,22 @@ class FakeEngine:
     def delete(self, name: str) -> None:
         self.models.remove(name)
         self.deleted.append(name)
+
+    pull_steps = 5
+    pull_delay = 0.01
+
+    def pull(self, spec: str, report, cancelled) -> str:
+        """Reports like `stchat pull`; `spec` "bad" fails; cancellable between steps."""
+        from stchat.tui.engine import PullCancelled
+
+        report(f"downloading {spec}.gguf (10 MiB)", False)
+        for i in range(self.pull_steps):
+            if cancelled():
+                raise PullCancelled("pull stopped")
+            time.sleep(self.pull_delay)
+            report(f"{spec}.gguf {100 * (i + 1) // self.pull_steps}%", True)
+        if spec == "bad":
+            raise RuntimeError(f"{spec}: 404 not found on the Hub")
+        self.models.append(spec)
+        report(f"installed {spec}", False)
+        return spec
