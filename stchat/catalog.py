@@ -103,8 +103,9 @@ def find_alias(text: str) -> Alias | None:
 
 
 def _is_local(spec: str) -> bool:
-    return (spec.startswith(("./", "../", "/", "~", ".\\")) or spec in (".", "..")
-            or spec.lower().endswith(".gguf") or Path(spec).expanduser().exists())
+    if spec.startswith(("./", "../", "/", "~", ".\\")) or spec in (".", "..") or Path(spec).expanduser().exists():
+        return True
+    return not _REPO.match(spec.partition(":")[0]) and spec.lower().endswith(".gguf")
 
 
 def parse_spec(spec: str, source: str = "gguf") -> HubSpec | LocalSpec:

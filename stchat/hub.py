@@ -13,6 +13,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from stchat.exitcodes import ModelNotFound, StchatError
 
@@ -80,9 +81,9 @@ class Hub:
         return self.cache_dir / ".locks" / repo_folder_name(repo_id=repo, repo_type="model") / f"{file.etag}.lock"
 
     def file_url(self, repo: str, commit: str, path: str) -> str:
-        from huggingface_hub import hf_hub_url
-
-        return hf_hub_url(repo, path, revision=commit, endpoint=self.endpoint)
+        """`{endpoint}/{repo}/resolve/{commit}/{path}`. Built here: the library's `hf_hub_url` only
+        swaps in `endpoint` when its import-time template starts with the import-time endpoint."""
+        return f"{self.endpoint}/{repo}/resolve/{quote(commit, safe='')}/{quote(path)}"
 
     def headers(self) -> dict[str, str]:
         from huggingface_hub.utils import build_hf_headers

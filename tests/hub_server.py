@@ -264,3 +264,46 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+# -- the synthetic models the pull tests serve ---------------------------------------------------
+GGUF_4B = "PowerInfer/SmallThinker-4BA0.6B-Instruct-GGUF"
+GGUF_21B = "PowerInfer/SmallThinker-21BA3B-Instruct-GGUF"
+HF_4B = "PowerInfer/SmallThinker-4BA0.6B-Instruct"
+PLAIN_4B = "SmallThinker-4B-A0.6B-Instruct-Q4_0.gguf"
+PLAIN_21B = "SmallThinker-21B-A3B-Instruct-Q4_0.gguf"
+SLOW = "test/SmallThinker-Many-Experts-GGUF"   # converts for ~0.5 s: room to kill it midway
+SLOW_FILE = "many-experts-Q4_0.gguf"
+GATED = "test/Gated-GGUF"
+
+
+def serve_synthetic_models(root) -> HubServer:
+    """A server holding tiny SmallThinker checkpoints under the real repository names, next to
+    decoy files the GGUF choice must skip (ARM repacks, other quantizations, split files)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from runtime import synthetic
+
+    root = Path(root)
+    gguf_4b = synthetic.write_gguf(synthetic.TINY_4B_LIKE, root / "4b.gguf").read_bytes()
+    gguf_21b = synthetic.write_gguf(synthetic.TINY_21B_LIKE, root / "21b.gguf").read_bytes()
+    many = replace(synthetic.TINY_4B_LIKE, num_layers=12, num_experts=64, rope_layout=(1,) * 12,
+                   sliding_window_layout=(0,) * 12)
+    gguf_slow = synthetic.write_gguf(many, root / "slow.gguf").read_bytes()
+    hf_dir = synthetic.write_hf_dir(synthetic.TINY_4B_LIKE, root / "hf-4b")
+    server = HubServer()
+    readme = b"---\nlicense: apache-2.0\n---\n# SmallThinker (synthetic)\n"
+    server.add_repo(GGUF_4B, {
+        "README.md": readme, ".gitattributes": b"*.gguf filter=lfs diff=lfs merge=lfs -text\n",
+        PLAIN_4B: gguf_4b,
+        "SmallThinker-4B-A0.6B-Instruct-Q4_0_4_4.gguf": b"arm repack decoy" * 64,
+        "SmallThinker-4B-A0.6B-Instruct-Q8_0.gguf": b"q8 decoy" * 64,
+        "SmallThinker-4B-A0.6B-Instruct-Q4_0-imatrix.gguf": b"imatrix decoy" * 64,
+        "split/SmallThinker-4B-A0.6B-Instruct-Q4_0-00001-of-00002.gguf": b"split decoy" * 64})
+    server.add_repo(GGUF_21B, {"README.md": readme, PLAIN_21B: gguf_21b,
+                               "SmallThinker-21B-A3B-Instruct-Q4_K_M.gguf": b"k-quant decoy" * 64})
+    server.add_repo(HF_4B, {p.name: p.read_bytes() for p in sorted(hf_dir.iterdir())} | {"README.md": readme})
+    server.add_repo(SLOW, {SLOW_FILE: gguf_slow})
+    server.add_repo(GATED, {"gated-Q4_0.gguf": gguf_4b}, gated=True)
+    return server

@@ -1,0 +1,218 @@
+"""`stchat pull`, `list`, `show` and `rm` end to end: the real CLI against a local Hub stand-in.
+
+Every command runs as `python -m stchat ...` in a subprocess with `HF_ENDPOINT` pointed at
+`tests/hub_server.py` on 127.0.0.1 and `HF_HOME` / `STCHAT_HOME` in a temporary folder, so
+what is checked is what a user's shell sees (stdout, stderr lines, exit status) and what the
+server was asked for (its request log). Kill -9 tests stop the real process mid-download and
+mid-conversion.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import hub_server
+from hub_server import GATED, GGUF_4B, GGUF_21B, PLAIN_4B, PLAIN_21B, SLOW, SLOW_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    server = hub_server.serve_synthetic_models(tmp_path_factory.mktemp("hub-models"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def env(hub, tmp_path):
+    """A private Hugging Face home and stchat home; the server's log and faults start empty."""
+    hub.clear_log()
+    hub.state.faults.clear()
+    hub.state.throttle = None
+    values = dict(os.environ, HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), STCHAT_HOME=str(tmp_path / "home"),
+                  HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    for key in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "STCHAT_MODEL", "STCHAT_DEBUG"):
+        values.pop(key, None)
+    return values
+
+
+def run(env: dict, *args: str, timeout: float = 120, **extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stchat", *args], env=dict(env, **extra), cwd=ROOT,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
+def start(env: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stchat", *args], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def errors(done: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in done.stderr.splitlines() if line.startswith("stchat: error:")]
+
+
+def listed(env: dict) -> list[str]:
+    done = run(env, "list")
+    assert done.returncode == 0, done.stderr
+    return [line.split()[0] for line in done.stdout.splitlines()[1:]]
+
+
+def listed_now(env: dict, monkeypatch) -> list[str]:
+    """What `stchat list` would show, computed in this process (a subprocess takes longer than the
+    conversion it is meant to catch)."""
+    from stchat import manage
+
+    monkeypatch.setenv("STCHAT_HOME", env["STCHAT_HOME"])
+    return [m.name for m in manage.installed()]
+
+
+def blobs(env: dict, repo: str) -> list[Path]:
+    folder = Path(env["HF_HOME"]) / "hub" / ("models--" + repo.replace("/", "--")) / "blobs"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def wait_for(condition, seconds: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.002)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- the whole life of a model --------------------------------------------------------------
+def test_pull_alias_then_ask_list_show_offline_and_rm(hub, env):
+    done = run(env, "pull", "4b")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "smallthinker-4b\n"                           # stdout: the name, nothing else
+    assert f"chose {PLAIN_4B}" in done.stderr and "Q4_0-imatrix" in done.stderr  # the plain file, saying so
+    for stage in ("downloading", "verifying sha256", "converting: layers", "success"):
+        assert stage in done.stderr, stage
+    assert "\x1b" not in done.stderr and "\r" not in done.stderr         # not a TTY: plain lines
+    assert [e.file for e in hub.content_requests()] == [PLAIN_4B]        # no decoy downloaded
+    assert not blobs(env, GGUF_4B)                                       # default: the download is not kept
+
+    answer = run(env, "ask", "--temp", "0", "-n", "8", "-t", "1", "Hello")
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.strip()
+
+    rows = run(env, "list").stdout.splitlines()
+    assert rows[0].split() == ["NAME", "SOURCE", "QUANT", "SIZE", "DATE"]
+    assert rows[1].split()[:4] == ["smallthinker-4b", GGUF_4B, PLAIN_4B, "Q4_0"]
+
+    shown = run(env, "show", "4b")                                       # the alias finds the model
+    assert shown.returncode == 0, shown.stderr
+    for text in ("3 layers", "8 experts per layer, 2 active", "all in RAM", "with offloading", "dense.bin",
+                 "sha256", "verified", "--memory"):
+        assert text in shown.stdout, text
+
+    hub.clear_log()
+    again = run(env, "pull", "4b")                                       # installed: no network at all
+    assert again.returncode == 0 and "already installed" in again.stderr
+    offline = run(env, "pull", "4b", HF_HUB_OFFLINE="1")
+    assert offline.returncode == 0 and "already installed" in offline.stderr
+    assert hub.log == []
+
+    refused = run(env, "rm", "smallthinker-4b")                          # no TTY, no -y: refuse
+    assert refused.returncode == 2 and "-y" in errors(refused)[0]
+    removed = run(env, "rm", "-y", "smallthinker-4b")
+    assert removed.returncode == 0 and listed(env) == []
+    assert run(env, "show", "smallthinker-4b").returncode == 3
+
+
+def test_offline_without_the_model_is_one_clear_error(hub, env):
+    done = run(env, "pull", "21b", HF_HUB_OFFLINE="1")
+    assert done.returncode == 1
+    assert len(errors(done)) == 1 and "HF_HUB_OFFLINE" in errors(done)[0]
+    assert hub.log == []
+
+
+@pytest.mark.parametrize("spec, code, message", [
+    ("7b", 3, "unknown model '7b' (known: 4b, 21b"),
+    ("nobody/nothing-GGUF", 3, "repository not found: nobody/nothing-GGUF"),
+    (GATED, 1, "is gated"),
+    (f"{GGUF_4B}:missing-Q4_0.gguf", 3, "missing-Q4_0.gguf is not in"),
+])
+def test_errors_are_one_line_with_an_exit_code(env, spec, code, message):
+    done = run(env, "pull", spec)
+    assert done.returncode == code, done.stderr
+    assert len(errors(done)) == 1 and message in errors(done)[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_no_network_is_one_clear_error(env):
+    with __import__("socket").socket() as probe:   # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = run(env, "pull", "4b", HF_ENDPOINT=f"http://127.0.0.1:{port}")
+    assert done.returncode == 1
+    assert len(errors(done)) == 1 and "cannot reach" in errors(done)[0] and "HF_ENDPOINT" in errors(done)[0]
+
+
+def test_sha256_mismatch_is_refused_and_nothing_is_converted(hub, env):
+    hub.state.faults[PLAIN_21B] = [("corrupt",)]
+    done = run(env, "pull", "21b")
+    assert done.returncode == 1
+    assert "sha256 mismatch" in errors(done)[0] and "deleted" in errors(done)[0]
+    assert "converting" not in done.stderr
+    assert blobs(env, GGUF_21B) == [] and listed(env) == []
+    models = Path(env["STCHAT_HOME"]) / "models"
+    assert [p.name for p in models.iterdir() if not p.name.startswith(".")] == []
+    retry = run(env, "pull", "21b", "--keep-source")                   # the next pull starts clean
+    assert retry.returncode == 0, retry.stderr
+    assert [b.name for b in blobs(env, GGUF_21B)] == [hub.state.repos[GGUF_21B].files[PLAIN_21B].sha256]
+
+
+def test_kill_during_download_then_pull_resumes_from_the_partial_file(hub, env, monkeypatch):
+    size = len(hub.state.repos[GGUF_4B].files[PLAIN_4B].content)
+    hub.state.throttle = 200_000                                         # ~1.3 s for the whole file
+    proc = start(env, "pull", "4b")
+    try:
+        partial = wait_for(lambda: next((b for b in blobs(env, GGUF_4B) if b.name.endswith(".incomplete")
+                                         and b.stat().st_size >= 64 << 10), None), what="a partial download")
+        assert listed_now(env, monkeypatch) == []                        # mid-download: no half model
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+        proc.communicate()
+    kept = partial.stat().st_size
+    assert 0 < kept < size and listed(env) == []
+    hub.state.throttle = None
+    hub.clear_log()
+    done = run(env, "pull", "4b")
+    assert done.returncode == 0, done.stderr
+    assert "resuming at" in done.stderr
+    (get,) = hub.content_requests(PLAIN_4B)                              # one request, for the rest only
+    assert get.range == f"bytes={kept}-" and get.status == 206 and get.sent == size - kept
+    assert listed(env) == ["smallthinker-4b"]
+
+
+def test_kill_during_conversion_then_pull_completes_without_downloading_again(hub, env, monkeypatch):
+    name = SLOW_FILE.removesuffix(".gguf")
+    staging = Path(env["STCHAT_HOME"]) / "models" / ".pulling"
+    proc = start(env, "pull", SLOW)
+    try:
+        wait_for(lambda: staging.is_dir() and any(".partial-" in p.name for p in staging.iterdir()),
+                 what="the conversion to start")
+        assert listed_now(env, monkeypatch) == []                        # mid-conversion: no half model
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert listed(env) == [] and not (Path(env["STCHAT_HOME"]) / "models" / name).exists()
+    hub.clear_log()
+    done = run(env, "pull", SLOW)
+    assert done.returncode == 0, done.stderr
+    assert hub.content_requests() == []                                  # the verified download was reused
+    assert listed(env) == [name]
+    assert blobs(env, SLOW) == []                                        # and removed once installed
+    assert not any(".partial-" in p.name for p in staging.iterdir())
