@@ -179,6 +179,8 @@ def rm_command(
         if not typer.confirm(f"remove {model.name} ({human_bytes(model.size)})?", default=False, err=True):
             print("not removed", file=sys.stderr)
             raise typer.Exit(1)
+    for stale in models_dir().glob(".removing-*"):   # left by an rm that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     trash = models_dir() / f".removing-{model.name}-{os.getpid()}"
     os.replace(model.path, trash)    # gone from every listing at once, then deleted
     shutil.rmtree(trash, ignore_errors=True)

@@ -216,3 +216,18 @@ def test_kill_during_conversion_then_pull_completes_without_downloading_again(hu
     assert listed(env) == [name]
     assert blobs(env, SLOW) == []                                        # and removed once installed
     assert not any(".partial-" in p.name for p in staging.iterdir())
+
+
+def test_ctrl_c_exits_130_and_keeps_the_partial_download(hub, env):
+    hub.state.throttle = 200_000
+    proc = start(env, "pull", "4b")
+    try:
+        wait_for(lambda: any(b.name.endswith(".incomplete") and b.stat().st_size > 0 for b in blobs(env, GGUF_4B)),
+                 what="a partial download")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted; run the same pull again to resume" in stderr and "Traceback" not in stderr
+    assert [b for b in blobs(env, GGUF_4B) if b.name.endswith(".incomplete")]

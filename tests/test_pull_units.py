@@ -223,3 +223,31 @@ def test_show_memory_follows_the_runtime_rule(setup, hub):
     with pytest.raises(runtime.BudgetTooSmall):
         runtime.load(model.path, memory_budget=memory["minimum"] - 1, threads=1)
     assert json.loads(json.dumps(memory))
+
+
+def test_disk_full_while_writing_keeps_what_was_written(setup, hub, monkeypatch):
+    import builtins
+    import errno
+
+    hf, reporter = setup
+    full = {"on": True}
+
+    class Full(io.FileIO):
+        def write(self, data):
+            if full["on"] and self.tell() + len(data) > 60_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    real_open = builtins.open
+    monkeypatch.setattr(download, "open", lambda path, mode="r", *a, **k: Full(path, "a") if mode == "ab"
+                        else real_open(path, mode, *a, **k), raising=False)
+    with pytest.raises(download.DiskFull, match="disk full while writing .*run the pull again to resume"):
+        pull.pull_hub(spec("4b"), hf, reporter, keep_source=False, yes=True)
+    full["on"] = False
+    (partial,) = hf.blob_path(GGUF_4B, hf.listing(GGUF_4B).files[PLAIN_4B]).parent.glob("*.incomplete")
+    kept = partial.stat().st_size
+    assert 0 < kept <= 60_000 and manage.installed() == []
+    hub.clear_log()
+    assert pull.pull_hub(spec("4b"), hf, reporter, keep_source=False, yes=True) == "smallthinker-4b"
+    (get,) = hub.content_requests(PLAIN_4B)
+    assert get.range == f"bytes={kept}-"
