@@ -122,6 +122,7 @@ def _int(low: int, high: int | None = None, note: str = ""):
 
 def _float(low: float, high: float, low_open: bool = False, note: str = ""):
     def check(value) -> float:
+        original = value
         if isinstance(value, str):
             try:
                 value = float(value.strip())
@@ -134,7 +135,7 @@ def _float(low: float, high: float, low_open: bool = False, note: str = ""):
                 interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
             else:
                 interval = f"{'>' if low_open else '>='} {low:g}"
-            raise ValueError(f"must be a number {'in ' if math.isfinite(high) else ''}{interval}{note}, got {value!r}")
+            raise ValueError(f"must be a number {'in ' if math.isfinite(high) else ''}{interval}{note}, got {original!r}")
         return float(value)
     return check
 

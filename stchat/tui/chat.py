@@ -54,6 +54,7 @@ class ConversationItem(ListItem):
 
 class ChatScreen(Screen):
     DEFAULT_CSS = """
+    ChatScreen #body { height: 1fr; }
     ChatScreen #sidebar { width: 32; border-right: solid $panel-lighten-2; }
     ChatScreen #search { margin: 0 0 1 0; }
     ChatScreen #conversations { height: 1fr; }

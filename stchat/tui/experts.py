@@ -86,6 +86,7 @@ def render_experts(config, cache, budget_label: str) -> Text:
 class ExpertsScreen(Screen):
     DEFAULT_CSS = """
     ExpertsScreen #experts-body { padding: 1 2; }
+    ExpertsScreen VerticalScroll { height: 1fr; }
     """
     BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="experts.back")]
 

@@ -27,7 +27,7 @@ NO_MODEL = ("No model is installed yet. Type 4b below and press Enter to downloa
 
 class ModelsScreen(Screen):
     DEFAULT_CSS = """
-    ModelsScreen > Vertical { padding: 1 2; }
+    ModelsScreen > Vertical { padding: 1 2; height: 1fr; }
     ModelsScreen #models { height: auto; max-height: 60%; }
     ModelsScreen #empty { color: $warning; margin: 1 0; }
     ModelsScreen #pull-row { height: auto; margin-top: 1; }

@@ -29,7 +29,7 @@ FIELDS = [  # (field, label, hint)
 
 class SettingsScreen(Screen):
     DEFAULT_CSS = """
-    SettingsScreen VerticalScroll { padding: 1 2; }
+    SettingsScreen VerticalScroll { padding: 1 2; height: 1fr; }
     SettingsScreen .row { height: 3; }
     SettingsScreen .row Label { width: 24; padding: 1 1 0 0; }
     SettingsScreen .row Input, SettingsScreen .row Select { width: 32; }

@@ -115,7 +115,7 @@ class StatusBar(Static):
     """Always on screen: model, prompt and generation speed, memory, expert hit rate, context."""
 
     DEFAULT_CSS = """
-    StatusBar { dock: bottom; height: 1; background: $panel; color: $text; padding: 0 1; }
+    StatusBar { height: 1; background: $panel; color: $text; padding: 0 1; }
     """
 
     def on_mount(self) -> None:
