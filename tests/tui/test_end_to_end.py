@@ -1,0 +1,78 @@
+"""End to end through the real runtime: first start with no model, import a tiny synthetic GGUF
+from the models screen (stchat pull's own code), then chat with it; and memory budget errors."""
+from __future__ import annotations
+
+import pytest
+from textual.widgets import Input
+
+from stchat.settings import Settings
+from stchat.storage import Store
+from stchat.tui.widgets import MessageView
+
+from .test_chat import wait_for
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    from runtime import synthetic
+
+    return synthetic.write_gguf(synthetic.TINY_4B_LIKE, tmp_path_factory.mktemp("e2e") / "tiny-4b.gguf", seed=0)
+
+
+async def test_import_a_model_then_chat_with_it(stchat_home, tiny_gguf):
+    from stchat.tui.app import StchatApp
+
+    store = Store.open()
+    settings = Settings(temperature=0.0, max_tokens=12)
+    app = StchatApp(store=store, settings=settings, native_clipboard=False)  # the real engine
+    async with app.run_test(size=(110, 32)) as pilot:
+        await pilot.pause()
+        assert app.model is None and app.screen.query("#welcome")
+        await pilot.press("f4")
+        app.screen.query_one("#pull-spec", Input).value = str(tiny_gguf)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.model is not None, timeout=60)
+        assert app.model_name == "tiny-4b" and (stchat_home / "models" / "tiny-4b" / "manifest.json").is_file()
+        assert "success: tiny-4b is installed" in app.screen.status_line
+        await pilot.press("escape")
+
+        chat = app.screen
+        chat.query_one("#prompt").insert("Hello there")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(chat.query(MessageView)) == 2 and not chat.generating, timeout=60)
+        [conversation] = store.conversations()
+        user, reply = store.messages(conversation.id)
+        assert (user.role, user.content) == ("user", "Hello there")
+        assert reply.role == "assistant" and reply.state == "complete"
+        assert reply.stats["prompt_tokens"] > 0 and 0 < reply.stats["generated_tokens"] <= 12
+        assert chat.query(MessageView).last().content == reply.content
+        cache = app.model.experts.cache
+        assert cache.stats.hits + cache.stats.misses > 0 and cache.resident()
+        length, capacity = app.context
+        assert 5 < length <= capacity
+        status = str(app.status_text())
+        assert status.startswith("tiny-4b │ prompt ") and "experts" in status and f"ctx {length}/{capacity}" in status
+
+        # a follow-up turn reuses the KV cache: only the new message is prefilled
+        chat.query_one("#prompt").insert("And again")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(chat.query(MessageView)) == 4 and not chat.generating, timeout=60)
+        second = store.messages(conversation.id)[-1]
+        grown = app.context[0] - length
+        # prefilled only what was new: were the whole history re-read, it would count `length` more
+        assert 0 < second.stats["prompt_tokens"] + second.stats["generated_tokens"] <= grown + 2
+    store.close()
+
+
+async def test_a_budget_below_the_minimum_is_a_readable_error(stchat_home, tiny_gguf):
+    import runtime
+
+    from stchat.tui.app import StchatApp
+
+    runtime.convert(tiny_gguf, stchat_home / "models" / "tiny")
+    app = StchatApp(store=Store.open(), settings=Settings(memory_budget="1KiB"), native_clipboard=False)
+    async with app.run_test() as pilot:
+        await wait_for(pilot, lambda: app.loading is None, timeout=60)
+        assert app.model is None
+        [note] = [n for n in app._notifications if n.severity == "error"]
+        assert note.title == "Cannot load tiny" and "memory budget of 0 MiB is too small" in note.message
