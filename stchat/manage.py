@@ -2,9 +2,10 @@
 
 Everything here reads the bundle's `manifest.json` and the pull record next to it, never the
 runtime (so these commands answer instantly and work on a machine too small to load the
-model). The memory figures follow the runtime's own rule (`runtime/model.py`): everything in
-RAM is the dense weights, every expert and the KV cache; the smallest budget it accepts with
-offloading is the dense weights, the KV cache and one layer's active experts.
+model). The memory figures are the model's side of the runtime's rule (`runtime/model.py`): everything
+in RAM is the dense weights, every expert and the KV cache; with offloading, at least the dense
+weights, the KV cache and one layer's active experts must fit. The runtime adds what only a
+running process knows (its own size, per-session overhead), so its minimum is higher.
 """
 from __future__ import annotations
 
@@ -157,14 +158,9 @@ def show_command(
               f"{human_bytes(memory['experts'])} + KV cache {human_bytes(memory['kv_cache'])} for "
               f"{memory['kv_tokens']} tokens)",
               f"  with offloading     at least {human_bytes(memory['minimum'])} (dense + KV cache + "
-              f"{cfg['num_experts_per_tok']} experts of one layer): stchat ask -m {model.name} --memory "
-              f"{_budget(memory['minimum'])}"]
+              f"{cfg['num_experts_per_tok']} experts of one layer), plus the process itself; "
+              f"use stchat ask -m {model.name} --memory SIZE (too small a budget is refused with the exact minimum)"]
     print("\n".join(lines))
-
-
-def _budget(minimum: int) -> str:
-    """A `--memory` value at or above `minimum`, in whole MiB."""
-    return f"{-(-minimum // (1 << 20))}MiB"
 
 
 def rm_command(
