@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import time
 from pathlib import Path
@@ -147,6 +148,7 @@ class Bundle:
         self.config = ModelConfig.from_dict(self.manifest["config"])
         self._dense = np.memmap(self.path / "dense.bin", dtype=np.uint8, mode="r")
         self._experts = np.memmap(self.path / "experts.bin", dtype=np.uint8, mode="r")
+        self._experts_fd = os.open(self.path / "experts.bin", os.O_RDONLY)
         self.expert_stride = self.manifest["experts"]["stride"]
         self.expert_arrays_layout = self.manifest["experts"]["arrays"]
 
@@ -174,12 +176,43 @@ class Bundle:
         base = self.expert_offset(layer, expert)
         return {name: self._view(self._experts, base, spec) for name, spec in self.expert_arrays_layout.items()}
 
+    def read_expert(self, layer: int, expert: int, buffer: np.ndarray) -> dict[str, np.ndarray]:
+        """Like `expert`, but read with one pread into `buffer` (uint8 [stride]), not mapped:
+        the file's pages then never count in this process's resident memory."""
+        got = os.preadv(self._experts_fd, [memoryview(buffer)], self.expert_offset(layer, expert))
+        if got != self.expert_stride:
+            raise BundleError(f"{self.path / 'experts.bin'}: short read for layers.{layer}/experts.{expert}")
+        return {name: self._view(buffer, 0, spec) for name, spec in self.expert_arrays_layout.items()}
+
+    def read_tensor(self, name: str) -> np.ndarray:
+        """A private copy of a dense tensor (for weights a session prepacks and then drops)."""
+        return np.array(self.tensor(name))
+
     def graph(self, name: str) -> bytes:
         return (self.path / self.manifest["graphs"][name]).read_bytes()
 
     def text(self, key: str) -> str | None:
         file = self.path / self.manifest[key]
         return file.read_text(encoding="utf-8") if file.is_file() else None
+
+    def release_pages(self) -> None:
+        """Drop the mapped pages of dense.bin from this process's resident set. Sessions have
+        prepacked their own copies; what is still read (embedding rows, norms) faults back in
+        from the page cache on use."""
+        mapping = getattr(self._dense, "_mmap", None)
+        if mapping is not None and hasattr(mapping, "madvise"):
+            mapping.madvise(mmap.MADV_DONTNEED)
+
+    def close(self) -> None:
+        if self._experts_fd >= 0:
+            os.close(self._experts_fd)
+            self._experts_fd = -1
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def verify(self) -> None:
         """Check every file's sha256 against the manifest (a full read of the bundle)."""

@@ -8,6 +8,7 @@ a load still in flight, and builds on the spot what nobody asked for in time.
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -16,6 +17,7 @@ import onnxruntime as ort
 from .bundle import Bundle
 from .expert_cache import ExpertCache
 from .expert_loader import ExpertLoader
+from .memory import EXPERT_SESSION_FACTOR, trim_heap, trim_slack
 from .sessions import make_session
 
 
@@ -23,20 +25,40 @@ class ExpertStore:
     def __init__(self, bundle: Bundle, graph: bytes, budget_bytes: int | None = None):
         self.bundle, self.graph = bundle, graph
         self.expert_bytes = sum(a.nbytes for a in bundle.expert(0, 0).values())  # raw Q4 bytes
+        self.charge = int(EXPERT_SESSION_FACTOR * self.expert_bytes)          # resident bytes per session
+        self._freed_since_trim = 0
+        self._trim_every = trim_slack(self.charge)
         self.cache = ExpertCache(budget_bytes)
+        self._local = threading.local()
         self.loader = ExpertLoader(self._load)
+
+    def _scratch(self) -> np.ndarray:
+        """A per-thread read buffer: ONNX Runtime prepacks the weights, then never reads it again."""
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = self._local.buffer = np.empty(self.bundle.expert_stride, np.uint8)
+        return buffer
 
     def _build(self, layer: int, expert: int) -> ort.InferenceSession:
         started = time.perf_counter()
-        arrays = self.bundle.expert(layer, expert)
-        session = make_session(self.graph, {f"expert/{name}": array for name, array in arrays.items()})
+        arrays = self.bundle.read_expert(layer, expert, self._scratch())
+        session = make_session(self.graph, {f"expert/{name}": array for name, array in arrays.items()},
+                               keep_weights=False)
         self.cache.stats.load_seconds += time.perf_counter() - started
         self.cache.stats.bytes_read += self.expert_bytes
         return session
 
+    def _insert(self, key: tuple[int, int], session: ort.InferenceSession) -> None:
+        evicted = self.cache.put(key, session, self.charge)
+        if evicted:
+            self._freed_since_trim += len(evicted) * self.charge
+            if self._freed_since_trim >= self._trim_every:
+                self._freed_since_trim = 0
+                trim_heap()  # glibc keeps freed sessions' memory otherwise
+
     def _load(self, key: tuple[int, int]) -> None:
         if not self.cache.peek(key):
-            self.cache.put(key, self._build(*key), self.expert_bytes)
+            self._insert(key, self._build(*key))
 
     def session(self, layer: int, expert: int) -> ort.InferenceSession:
         key = (layer, expert)
@@ -47,7 +69,7 @@ class ExpertStore:
                 session = self.cache.get(key, count=False)
             if session is None:
                 session = self._build(layer, expert)
-                self.cache.put(key, session, self.expert_bytes)
+                self._insert(key, session)
             self.cache.stats.stall_seconds += time.perf_counter() - started
         return session
 

@@ -20,6 +20,7 @@ from .errors import BudgetTooSmall, BundleError
 from .experts import ExpertStore
 from .graphs import set_accuracy_level
 from .kvcache import KVCache
+from .memory import EXPERT_SESSION_FACTOR, format_bytes, process_rss, trim_heap, trim_slack
 from .sessions import init_thread_pool, initializer_names, make_session
 from .template import DEFAULT_CHATML
 
@@ -61,26 +62,34 @@ class Model:
         head_weights["lm_head.qweight"] = bundle.tensor(f"{head_source}.qweight")
         head_weights["lm_head.scales"] = bundle.tensor(f"{head_source}.scales")
         self.head = make_session(self._graph("head"), head_weights)
+        bundle.release_pages()
+        trim_heap()
         self.experts = ExpertStore(bundle, self._graph("expert"), self._expert_budget(memory_budget))
 
     # -- construction -------------------------------------------------------------------
     def resident_bytes(self) -> int:
-        """The always-resident part: dense weights (attention, embedding, head) and a full KV cache."""
+        """Static estimate of the always-resident part (dense weights + full KV cache), from file sizes."""
+        return (self.bundle.path / "dense.bin").stat().st_size + self.kv_bytes()
+
+    def kv_bytes(self) -> int:
         cfg = self.config
-        kv = 2 * cfg.num_layers * cfg.num_kv_heads * self.max_context * cfg.head_dim * 4
-        return (self.bundle.path / "dense.bin").stat().st_size + kv
+        return 2 * cfg.num_layers * cfg.num_kv_heads * self.max_context * cfg.head_dim * 4
 
     def _expert_budget(self, memory_budget: int | None) -> int | None:
-        """Bytes left for experts; refuses a budget below one layer's working set."""
+        """Bytes left for expert sessions; refuses a budget below one layer's working set."""
+        charge = int(EXPERT_SESSION_FACTOR * sum(a.nbytes for a in self.bundle.expert(0, 0).values()))
+        # measured: everything resident now (interpreter, libraries, dense sessions) + a full KV
+        # cache; then headroom for memory freed but not yet trimmed and two builds in flight
+        self.measured_resident = process_rss() + self.kv_bytes() + trim_slack(charge) + 2 * charge
+        self.minimum_budget = self.measured_resident + self.config.num_experts_per_tok * charge
         if memory_budget is None:
             return None
-        expert_bytes = sum(a.nbytes for a in self.bundle.expert(0, 0).values())
-        minimum = self.resident_bytes() + self.config.num_experts_per_tok * expert_bytes
-        if memory_budget < minimum:
-            raise BudgetTooSmall(f"memory budget of {memory_budget / 2**20:.0f} MiB is too small: this model "
-                                 f"needs at least {minimum / 2**20:.0f} MiB ({self.resident_bytes() / 2**20:.0f} MiB "
-                                 f"always resident + {self.config.num_experts_per_tok} experts)")
-        return memory_budget - self.resident_bytes()
+        if memory_budget < self.minimum_budget:
+            raise BudgetTooSmall(
+                f"memory budget of {format_bytes(memory_budget)} is too small for this model: it needs at least "
+                f"{format_bytes(self.minimum_budget)} ({format_bytes(self.measured_resident)} always resident "
+                f"+ {self.config.num_experts_per_tok} experts of {format_bytes(charge)})")
+        return memory_budget - self.measured_resident
 
     def _graph(self, name: str) -> bytes:
         graph = self.bundle.graph(name)

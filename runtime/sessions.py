@@ -35,17 +35,23 @@ def init_thread_pool(threads: int | None) -> int:
         return _pool_threads
 
 
-def make_session(model_bytes: bytes, weights: dict[str, np.ndarray]) -> ort.InferenceSession:
+def make_session(model_bytes: bytes, weights: dict[str, np.ndarray], keep_weights: bool = True) -> ort.InferenceSession:
+    """A session with `weights` as constant initializers. MatMulNBits prepacks its weights at
+    creation and never reads the given buffers again (checked by the tests that reuse one
+    read buffer for every expert), so `keep_weights=False` lets the caller reuse them."""
+    init_thread_pool(None)  # sessions below use the global pool; it must exist first
     options = ort.SessionOptions()
     options.use_per_session_threads = False
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False  # an arena per session would keep each one's peak activations
     if weights:
         names = list(weights)
         values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[n])) for n in names]
         options.add_external_initializers(names, values)
     session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    session._stchat_keepalive = weights  # the OrtValues alias these buffers
+    if keep_weights:
+        session._stchat_keepalive = weights  # the OrtValues alias these buffers
     return session
 
 

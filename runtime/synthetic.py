@@ -51,6 +51,7 @@ class SyntheticSpec:
     sliding_window_size: int
     tie_word_embeddings: bool
     has_lm_head: bool = True
+    routing: str = "uniform"  # or "skewed": a hot quarter of experts takes most routing choices
 
     def hf_config(self, tokenizer: Tokenizer | None = None, dtype: str = "bfloat16") -> dict:
         """The config.json of this shape, with the real SmallThinker key names."""
@@ -132,10 +133,27 @@ def make_tensor(name: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return out
 
 
+HOT_ROUTER_GAIN = 4.5  # "skewed": router rows of a hot quarter of experts scaled by this
+
+
+def spec_tensor(spec: SyntheticSpec, name: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """`make_tensor`, plus the routing skew the spec asks for.
+
+    With `routing="skewed"`, a random quarter of each layer's experts (seeded per layer) get
+    router rows `HOT_ROUTER_GAIN` times longer, so they win most top-k choices, as the
+    SmallThinker report measured on the real models (a hot quarter, a long cold tail)."""
+    tensor = make_tensor(name, shape, seed)
+    if spec.routing == "skewed" and "primary_router" in name:
+        layer = int(name.split(".")[2])
+        hot = np.random.default_rng([seed, layer, 7]).permutation(shape[0])[: max(1, shape[0] // 4)]
+        tensor[hot] *= np.float32(HOT_ROUTER_GAIN)
+    return tensor
+
+
 def iter_weights(spec: SyntheticSpec, seed: int = 0) -> Iterator[tuple[str, np.ndarray]]:
     """(HF name, float32 array) one tensor at a time, in file order."""
     for name, shape in weight_shapes(spec):
-        yield name, make_tensor(name, shape, seed)
+        yield name, spec_tensor(spec, name, shape, seed)
 
 
 def make_weights(spec: SyntheticSpec, seed: int = 0) -> dict[str, np.ndarray]:
@@ -229,7 +247,7 @@ def write_hf_dir(spec: SyntheticSpec, path, *, seed: int = 0, dtype: str = "bflo
     weight_map = {}
     for k, group in enumerate(groups):
         fname = "model.safetensors" if shards == 1 else f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
-        tensors = (weights[n] if weights else make_tensor(n, s, seed) for n, s in group)
+        tensors = (weights[n] if weights else spec_tensor(spec, n, s, seed) for n, s in group)
         _write_safetensors(path / fname, group, tensors, dtype)
         weight_map.update({n: fname for n, _ in group})
     if shards > 1:
@@ -335,7 +353,7 @@ def write_gguf(spec: SyntheticSpec, path, *, seed: int = 0,
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     for gname, names, shape, qtype in plan:
-        parts = [weights[n] if weights else make_tensor(n, hf_shapes[n], seed) for n in names]
+        parts = [weights[n] if weights else spec_tensor(spec, n, hf_shapes[n], seed) for n in names]
         data = np.stack(parts) if len(parts) > 1 else parts[0]
         w.write_tensor_data(quantize(data.astype(np.float32, copy=False), qtype))
         del parts, data

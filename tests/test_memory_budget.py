@@ -1,0 +1,56 @@
+"""Peak RSS under a memory budget, measured in a fresh process on a small synthetic model."""
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import runtime
+from runtime import synthetic
+
+# Experts large enough to dominate memory (128 experts x ~1 MiB resident), the rest small.
+SMALL = replace(synthetic.TINY_4B_LIKE, hidden_size=512, expert_ffn_size=512, num_layers=8,
+                num_experts=16, num_experts_per_tok=2, num_heads=4, num_kv_heads=2, head_dim=64)
+
+CHILD = r"""
+import json, sys
+import numpy as np
+import runtime
+budget = int(sys.argv[2]) if sys.argv[2] != "none" else None
+model = runtime.load(sys.argv[1], memory_budget=budget, context=256)
+cache = model.new_cache()
+rng = np.random.default_rng(0)
+for _ in range(3):   # every expert of every layer, again and again
+    cache.trim(0)
+    model.prefill(rng.integers(0, 500, 96).tolist(), cache, chunk_size=8)
+stats = model.experts.cache.stats
+# VmHWM: this process's own peak RSS (ru_maxrss would inherit the forking parent's peak)
+peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"peak": peak,
+                  "minimum": model.minimum_budget, "evictions": stats.evictions,
+                  "resident_experts": len(model.experts.cache)}))
+"""
+
+
+def _run(bundle: Path, budget) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(bundle), str(budget)], check=True,
+                         capture_output=True, text=True, timeout=300)
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    return runtime.convert(synthetic.write_gguf(SMALL, root / "small.gguf"), root / "bundle")
+
+
+def test_peak_rss_stays_within_the_budget(small_bundle):
+    free = _run(small_bundle, "none")
+    assert free["resident_experts"] == SMALL.num_layers * SMALL.num_experts and free["evictions"] == 0
+    budget = free["minimum"] + 24 * 2**20   # room for about a fifth of the experts
+    assert free["peak"] > budget, "the model must not fit in the budget, or the test proves nothing"
+    tight = _run(small_bundle, budget)
+    assert tight["evictions"] > 0
+    assert tight["peak"] <= budget, f"peak RSS {tight['peak'] / 2**20:.0f} MiB > budget {budget / 2**20:.0f} MiB ({free}, {tight})"
