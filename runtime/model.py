@@ -20,7 +20,7 @@ from .errors import BudgetTooSmall, BundleError
 from .experts import ExpertStore
 from .graphs import set_accuracy_level
 from .kvcache import KVCache
-from .memory import EXPERT_SESSION_FACTOR, format_bytes, process_rss, trim_heap, trim_slack
+from .memory import EXPERT_SESSION_FACTOR, default_budget, format_bytes, process_rss, trim_heap, trim_slack
 from .sessions import init_thread_pool, initializer_names, make_session
 from .template import DEFAULT_CHATML
 
@@ -42,7 +42,7 @@ class Model:
         self.threads = init_thread_pool(threads)
         self.accuracy_level = accuracy_level
         self.max_context = min(context or DEFAULT_CONTEXT, cfg.context_length)
-        self.memory_budget = memory_budget
+        self.memory_budget = memory_budget if memory_budget is not None else default_budget()
         try:
             self.tokenizer = Tokenizer.from_str(bundle.text("tokenizer"))
         except Exception as error:
@@ -64,7 +64,7 @@ class Model:
         self.head = make_session(self._graph("head"), head_weights)
         bundle.release_pages()
         trim_heap()
-        self.experts = ExpertStore(bundle, self._graph("expert"), self._expert_budget(memory_budget))
+        self.experts = ExpertStore(bundle, self._graph("expert"), self._expert_budget(self.memory_budget))
 
     # -- construction -------------------------------------------------------------------
     def resident_bytes(self) -> int:
@@ -197,6 +197,9 @@ class Model:
 
 def load(bundle: str | Path, *, memory_budget: int | None = None, threads: int | None = None,
          accuracy_level: int = 4, context: int | None = None) -> Model:
-    """Open a bundle directory and build its sessions."""
+    """Open a bundle directory and build its sessions.
+
+    `memory_budget` bounds the process's resident memory in bytes; None means a share of the
+    memory available now (`runtime.memory.DEFAULT_SHARE`). Experts beyond it stay on disk."""
     return Model(Bundle(bundle), threads=threads, accuracy_level=accuracy_level, context=context,
                  memory_budget=memory_budget)

@@ -302,8 +302,9 @@ def _gguf_plan(spec: SyntheticSpec, hf: dict, matrix_type, include_output: bool)
 def write_gguf(spec: SyntheticSpec, path, *, seed: int = 0,
                matrix_type: GGMLQuantizationType = GGMLQuantizationType.Q4_0,
                tokenizer: Tokenizer | None = None, weights: dict | None = None,
-               gating_func: bool = True, include_output: bool = True) -> Path:
-    """A llama.cpp GGUF file of arch smallthinker; tensors are generated and written one by one."""
+               gating_func: bool = True, include_output: bool = True, progress=None) -> Path:
+    """A llama.cpp GGUF file of arch smallthinker; tensors are generated and written one by one.
+    `progress(done, total)` is called after each tensor."""
     path, tokenizer = Path(path), tokenizer or make_tokenizer()
     w = GGUFWriter(path, "smallthinker")
     arch = "smallthinker."
@@ -352,10 +353,12 @@ def write_gguf(spec: SyntheticSpec, path, *, seed: int = 0,
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    for gname, names, shape, qtype in plan:
+    for index, (gname, names, shape, qtype) in enumerate(plan):
         parts = [weights[n] if weights else spec_tensor(spec, n, hf_shapes[n], seed) for n in names]
         data = np.stack(parts) if len(parts) > 1 else parts[0]
         w.write_tensor_data(quantize(data.astype(np.float32, copy=False), qtype))
         del parts, data
+        if progress is not None:
+            progress(index + 1, len(plan))
     w.close()
     return path

@@ -9,6 +9,7 @@ written, and exits 130.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
@@ -36,6 +37,19 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise ValueError(f"size must be positive: {text!r}")
     return size
+
+
+def memory_budget(option: int | None) -> int | None:
+    """`--memory`, else `$STCHAT_MEMORY`, else None (the runtime sizes it to the machine)."""
+    if option is not None:
+        return option
+    text = os.environ.get("STCHAT_MEMORY", "").strip()
+    if not text or text.lower() == "auto":
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise UsageError(f"STCHAT_MEMORY: {error}") from None
 
 
 @dataclass
@@ -204,7 +218,7 @@ def ask_command(
               "repetition_penalty": repeat_penalty, "seed": seed}
     request = AskRequest(prompt=prompt, model=model, system=system,
                          sampling={k: v for k, v in chosen.items() if v is not None},
-                         max_tokens=max_tokens, threads=threads, memory=memory,
+                         max_tokens=max_tokens, threads=threads, memory=memory_budget(memory),
                          json_output=json_output, verbose=verbose)
     code = ask(request, sys.stdin, sys.stdout, sys.stderr)
     if code != ExitCode.OK:

@@ -15,6 +15,7 @@ import typer
 
 from stchat import __version__
 from stchat.ask import ask_command
+from stchat.bench import bench_command
 from stchat.exitcodes import ExitCode, StchatError
 from stchat.manage import list_command, rm_command, show_command
 from stchat.pull import pull_command
@@ -57,6 +58,7 @@ app.command("list")(list_command)
 app.command("ls", hidden=True)(list_command)
 app.command("show")(show_command)
 app.command("rm")(rm_command)
+app.command("bench")(bench_command)
 
 
 def _error(message: str) -> None:

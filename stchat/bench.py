@@ -1,0 +1,124 @@
+"""`stchat bench`: how fast a model runs here, and in how much memory, before anyone downloads it.
+
+Each measured run is a fresh child process (`python -m stchat.bench_child`), so load time,
+peak RSS and the expert cache start cold every time; the figures printed are medians over
+`--runs`. `--synthetic 4b|21b` measures a random-weight model with the real shapes (built
+once into the cache directory, with progress on stderr), so speed and memory can be known
+before gigabytes are fetched. stdout is data: a table, or one JSON object with `--json`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from stchat.ask import memory_budget, parse_size
+from stchat.exitcodes import ExitCode, UsageError
+
+FIELDS = [  # key, label, format
+    ("load_seconds", "load", "{:.2f} s"),
+    ("ttft_seconds", "time to first token", "{:.2f} s"),
+    ("prefill_tps", "prefill", "{:.1f} tok/s"),
+    ("decode_tps", "decode", "{:.2f} tok/s"),
+    ("peak_rss", "peak RSS", "{:.0f} MiB"),
+    ("hit_rate", "expert hit rate (decode)", "{:.1%}"),
+    ("read_per_token", "expert bytes read per token", "{:.1f} MiB"),
+    ("stall_per_token", "wait for experts per token", "{:.1f} ms"),
+]
+
+
+def synthetic_bundle(size: str, routing: str, log) -> Path:
+    """The cached bundle of a full-size synthetic model, built on first use."""
+    from dataclasses import replace
+
+    import platformdirs
+
+    import runtime
+    from runtime import synthetic
+    from stchat.progress import Reporter
+
+    spec = replace({"4b": synthetic.FULL_4B, "21b": synthetic.FULL_21B}[size], routing=routing)
+    root = Path(os.environ.get("STCHAT_CACHE") or platformdirs.user_cache_dir("stchat")) / "synthetic"
+    bundle = root / f"{size}-{routing}"
+    if (bundle / "manifest.json").is_file():
+        return bundle
+    root.mkdir(parents=True, exist_ok=True)
+    gguf = root / f"{size}-{routing}.gguf.partial"
+    log(f"building a synthetic {size} model ({routing} routing) once, into {bundle}")
+    reporter = Reporter()
+    try:
+        synthetic.write_gguf(spec, gguf, progress=lambda done, total: reporter.stage("random tensors", done, total))
+        runtime.convert(gguf, bundle, progress=reporter.stage)
+    finally:
+        reporter.done()
+        gguf.unlink(missing_ok=True)
+    return bundle
+
+
+def run_once(bundle: Path, args: dict) -> dict:
+    """One measured run in a fresh process."""
+    child = subprocess.run([sys.executable, "-m", "stchat.bench_child", str(bundle), json.dumps(args)],
+                           capture_output=True, text=True)
+    if child.returncode != 0:
+        message = (child.stderr.strip().splitlines() or ["benchmark run failed"])[-1]
+        raise RuntimeError(message.removeprefix("stchat: error: "))
+    return json.loads(child.stdout)
+
+
+def summarize(runs: list[dict]) -> dict:
+    keys = [k for k in runs[0] if isinstance(runs[0][k], (int, float))]
+    summary = {k: statistics.median(r[k] for r in runs) for k in keys}
+    summary["runs"] = len(runs)
+    return summary
+
+
+def bench_command(
+    model: Annotated[Optional[str], typer.Option("-m", "--model", help="Installed model, bundle or .gguf.")] = None,
+    synthetic: Annotated[Optional[str], typer.Option(
+        "--synthetic", help="Measure a random-weight model with the real shapes: 4b or 21b.")] = None,
+    routing: Annotated[str, typer.Option(help="Synthetic routing: uniform (worst case) or skewed (like the real models).")] = "uniform",
+    memory: Annotated[Optional[int], typer.Option("--memory", metavar="SIZE", parser=parse_size,
+                                                  help="Memory budget, e.g. 1GiB.")] = None,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1)] = 512,
+    gen_tokens: Annotated[int, typer.Option("--gen-tokens", min=1)] = 64,
+    threads: Annotated[Optional[int], typer.Option("-t", "--threads", min=1)] = None,
+    runs: Annotated[int, typer.Option("--runs", min=1)] = 3,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Measure load time, prefill and decode speed, peak memory and expert cache behaviour."""
+    if (model is None) == (synthetic is None):
+        raise UsageError("give either -m MODEL or --synthetic 4b|21b")
+    if synthetic is not None and synthetic not in ("4b", "21b"):
+        raise UsageError(f"--synthetic takes 4b or 21b, not {synthetic!r}")
+    if routing not in ("uniform", "skewed"):
+        raise UsageError(f"--routing takes uniform or skewed, not {routing!r}")
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    if synthetic:
+        bundle, name = synthetic_bundle(synthetic, routing, log), f"synthetic-{synthetic}-{routing}"
+    else:
+        from stchat.models import resolve
+        resolved = resolve(model, log=log)
+        bundle, name = resolved.path, resolved.name
+    memory = memory_budget(memory)
+    args = {"memory": memory, "threads": threads, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens}
+    results = []
+    for index in range(runs):
+        log(f"run {index + 1}/{runs} ...")
+        results.append(run_once(bundle, args))
+    summary = summarize(results)
+    summary.update(model=name, memory_budget=memory, per_run=results)
+    if json_output:
+        print(json.dumps(summary))
+        return
+    print(f"{name}: median of {runs} run(s), {prompt_tokens}-token prompt, {gen_tokens} generated tokens")
+    for key, label, fmt in FIELDS:
+        print(f"  {label:30} {fmt.format(summary[key])}")
+    if summary.get("minimum_budget"):
+        print(f"  {'smallest budget accepted':30} {summary['minimum_budget'] / 2**20:.0f} MiB")
+    raise typer.Exit(int(ExitCode.OK))

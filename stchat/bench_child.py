@@ -1,0 +1,71 @@
+"""One `stchat bench` run, in its own process: prints one JSON object of measurements.
+
+Kept separate from `stchat.bench` so that the parent never loads a model: every run starts
+cold and its peak RSS (VmHWM, this process's own high-water mark) is its own.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def peak_rss() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(bundle: str, memory: int | None, threads: int | None, prompt_tokens: int, gen_tokens: int) -> dict:
+    import numpy as np
+
+    import runtime
+
+    started = time.perf_counter()
+    model = runtime.load(bundle, memory_budget=memory, threads=threads, context=prompt_tokens + gen_tokens + 8)
+    load_seconds = time.perf_counter() - started
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, model.config.vocab_size, prompt_tokens).tolist()
+    cache = model.new_cache()
+    started = time.perf_counter()
+    logits = model.prefill(prompt, cache)
+    token = int(np.argmax(logits))
+    prefill_seconds = time.perf_counter() - started
+    stats = model.experts.cache.stats
+    before = (stats.hits, stats.misses, stats.bytes_read, stats.stall_seconds)
+    started = time.perf_counter()
+    for _ in range(gen_tokens):
+        token = int(np.argmax(model.prefill([token], cache)))
+    decode_seconds = time.perf_counter() - started
+    hits, misses = stats.hits - before[0], stats.misses - before[1]
+    result = {
+        "load_seconds": load_seconds,
+        "ttft_seconds": prefill_seconds,
+        "prefill_tps": prompt_tokens / prefill_seconds,
+        "decode_tps": gen_tokens / decode_seconds,
+        "peak_rss": peak_rss() / 2**20,
+        "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+        "read_per_token": (stats.bytes_read - before[2]) / gen_tokens / 2**20,
+        "stall_per_token": (stats.stall_seconds - before[3]) / gen_tokens * 1e3,
+        "minimum_budget": model.minimum_budget,
+        "threads": model.threads,
+    }
+    model.close()
+    return result
+
+
+def main() -> int:
+    args = json.loads(sys.argv[2])
+    try:
+        print(json.dumps(measure(sys.argv[1], args["memory"], args["threads"], args["prompt_tokens"], args["gen_tokens"])))
+    except Exception as error:  # one line for the parent to show
+        print(f"stchat: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
