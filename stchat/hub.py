@@ -110,6 +110,28 @@ class Hub:
             raise StchatError(f"{self.endpoint}: no commit reported for {repo}")
         return RepoListing(repo=repo, commit=info.sha, files=files, gated=bool(info.gated))
 
+    def cached_listing(self, repo: str) -> RepoListing | None:
+        """The listing as the cache knows it (`refs/main` and its snapshot), for offline pulls.
+
+        Blobs are named by their hash (sha256 for LFS files, git id otherwise), so what was
+        downloaded before can still be verified without asking the Hub."""
+        try:
+            commit = (self.repo_dir(repo) / "refs" / "main").read_text().strip()
+        except OSError:
+            return None
+        snapshot = self.snapshot_path(repo, commit)
+        files = {}
+        for pointer in sorted(snapshot.rglob("*")) if snapshot.is_dir() else []:
+            if not pointer.is_file():
+                continue
+            blob = pointer.resolve()
+            path = pointer.relative_to(snapshot).as_posix()
+            name = blob.name.lower()
+            sha256 = name if len(name) == 64 and all(c in "0123456789abcdef" for c in name) else None
+            git_oid = name if len(name) == 40 and all(c in "0123456789abcdef" for c in name) else None
+            files[path] = RemoteFile(path, blob.stat().st_size, sha256, git_oid)
+        return RepoListing(repo=repo, commit=commit, files=files, gated=False) if files else None
+
     def require_online(self, repo: str) -> None:
         if self.offline:
             raise HubUnreachable(f"{repo} is needed from {self.endpoint} but HF_HUB_OFFLINE is set; "

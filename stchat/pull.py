@@ -127,8 +127,17 @@ def pull_hub(spec: HubSpec, hub: Hub, reporter: Reporter, keep_source: bool, yes
     if name:
         reporter.line(f"{name} is already installed (from {spec.repo}); nothing to download")
         return name
-    listing = hub.listing(spec.repo)
-    kind, main, files = plan(spec, listing, reporter.line)
+    listing = hub.cached_listing(spec.repo) if hub.offline else None
+    if listing is None:
+        listing = hub.listing(spec.repo)   # offline: says HF_HUB_OFFLINE forbids it
+    else:
+        reporter.line(f"HF_HUB_OFFLINE is set: using {spec.repo} from the Hugging Face cache")
+    try:
+        kind, main, files = plan(spec, listing, reporter.line)
+    except ModelNotFound as error:
+        if hub.offline:
+            hub.require_online(f"{spec.repo} ({error})")
+        raise
     name = catalog.install_name(spec, kind, main)
     dest = models_dir() / name
     if dest.exists():

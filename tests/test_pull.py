@@ -127,11 +127,18 @@ def test_pull_alias_then_ask_list_show_offline_and_rm(hub, env):
     assert run(env, "show", "smallthinker-4b").returncode == 3
 
 
-def test_offline_without_the_model_is_one_clear_error(hub, env):
+def test_offline_without_the_model_is_one_clear_error_unless_the_cache_has_it(hub, env):
     done = run(env, "pull", "21b", HF_HUB_OFFLINE="1")
     assert done.returncode == 1
     assert len(errors(done)) == 1 and "HF_HUB_OFFLINE" in errors(done)[0]
     assert hub.log == []
+    assert run(env, "pull", "21b", "--keep-source").returncode == 0
+    assert run(env, "rm", "-y", "21b").returncode == 0
+    hub.clear_log()
+    cached = run(env, "pull", "21b", HF_HUB_OFFLINE="1")            # converted again from the cache
+    assert cached.returncode == 0, cached.stderr
+    assert "from the Hugging Face cache" in cached.stderr and "verifying" in cached.stderr
+    assert hub.log == [] and listed(env) == ["smallthinker-21b"]
 
 
 @pytest.mark.parametrize("spec, code, message", [
