@@ -97,7 +97,8 @@ class Transfer:
         filled = int(fraction * _BAR)
         speed = self.speed()
         eta = human_seconds((self.total - done) / speed) if speed > 0 else "--:--"
-        self.reporter._draw(f"  {self.name} {fraction * 100:5.1f}% [{'#' * filled}{'.' * (_BAR - filled)}] "
+        shown = self.name if len(self.name) <= 32 else "..." + self.name[-29:]   # one terminal line
+        self.reporter._draw(f"  {shown} {fraction * 100:5.1f}% [{'#' * filled}{'.' * (_BAR - filled)}] "
                             f"{human_bytes(done)}/{human_bytes(self.total)} {human_bytes(speed)}/s ETA {eta}")
 
     def restarted(self, done: int) -> None:
