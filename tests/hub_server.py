@@ -5,7 +5,8 @@ repository info with file metadata (`/api/models/{repo}[/revision/{rev}]?blobs=t
 listings, `paths-info`, and `HEAD`/`GET /{repo}/resolve/{rev}/{path}` with the Hub's headers
 (`X-Repo-Commit`, `X-Linked-Etag`, `X-Linked-Size`, `ETag`). Large (LFS) files are redirected
 to `/cdn/{sha256}` as the real Hub redirects to its CDN; both honour `Range` with 206. Errors
-carry `X-Error-Code` (unknown repositories get 401 like the real Hub; gated ones `GatedRepo`).
+carry `X-Error-Code` (unknown repositories get 401 like the real Hub; gated ones `GatedRepo`
+unless the request carries `GRANTED_TOKEN`).
 
 Tests script failures per file with `faults[path] = [("cut", n), ("drop",), ...]`: each content
 request takes the next fault (send n bytes then close the connection; close without answering;
@@ -24,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_SUFFIXES = (".gguf", ".safetensors", ".bin")
+GRANTED_TOKEN = "hf_granted"   # the one token that may download gated repositories
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Logged:
     status: int
     sent: int = 0
     file: str | None = None
+    auth: str | None = None
 
 
 @dataclass
@@ -117,7 +120,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _record(self, status: int, sent: int = 0, file: str | None = None) -> None:
         with self.state.lock:
-            self.state.log.append(Logged(self.command, self.path, self.headers.get("Range"), status, sent, file))
+            self.state.log.append(Logged(self.command, self.path, self.headers.get("Range"), status, sent, file,
+                                         self.headers.get("Authorization")))
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, file: str | None = None) -> None:
         self.send_response(status)
@@ -208,7 +212,7 @@ class _Handler(BaseHTTPRequestHandler):
         served = repo.files.get(path)
         if served is None:
             return self._error(404, "EntryNotFound", "Entry not found")
-        if repo.gated:
+        if repo.gated and self.headers.get("Authorization") != f"Bearer {GRANTED_TOKEN}":
             return self._error(401, "GatedRepo", "Access to this model is restricted")
         headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{served.git_oid}"'}
         if served.lfs:

@@ -154,6 +154,15 @@ def test_errors_are_one_line_with_an_exit_code(env, spec, code, message):
     assert "Traceback" not in done.stderr
 
 
+def test_hf_token_and_hf_hub_cache_are_honoured(hub, env, tmp_path):
+    cache = tmp_path / "elsewhere"
+    done = run(env, "pull", GATED, "--keep-source", HF_TOKEN=hub_server.GRANTED_TOKEN, HF_HUB_CACHE=str(cache))
+    assert done.returncode == 0, done.stderr
+    assert {e.auth for e in hub.log if "/resolve/" in e.path} == {f"Bearer {hub_server.GRANTED_TOKEN}"}
+    assert [p.name for p in (cache / "models--test--Gated-GGUF" / "snapshots").glob("*/*")] == ["gated-Q4_0.gguf"]
+    assert not (Path(env["HF_HOME"]) / "hub" / "models--test--Gated-GGUF").exists()
+
+
 def test_no_network_is_one_clear_error(env):
     with __import__("socket").socket() as probe:   # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
