@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .bundle import Bundle
+from .decode import expert_binding
 from .expert_cache import ExpertCache
 from .expert_loader import ExpertLoader
 from .memory import EXPERT_SESSION_FACTOR, trim_heap, trim_slack
@@ -83,6 +84,14 @@ class ExpertStore:
     def run(self, layer: int, expert: int, h: np.ndarray) -> np.ndarray:
         """h [T, H] -> expert output [T, H]."""
         return self.session(layer, expert).run(["y"], {"h": np.ascontiguousarray(h)})[0]
+
+    def run_bound(self, layer: int, expert: int, buffers) -> None:
+        """The decode step's expert call: buffers.normed -> buffers.expert_out, bound once per session."""
+        session = self.session(layer, expert)
+        binding = getattr(session, "_stchat_binding", None)
+        if binding is None:
+            binding = session._stchat_binding = expert_binding(session, buffers)
+        session.run_with_iobinding(binding)
 
     def close(self) -> None:
         self.loader.close()

@@ -21,6 +21,7 @@ class KVCache:
         self.values = [np.zeros(shape, np.float32) for _ in range(num_layers)]
         self.key_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.keys]
         self.value_values = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.values]
+        self.bindings: dict = {}  # id(model) -> (model, per-layer attention bindings of the decode step)
 
     @property
     def nbytes(self) -> int:

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 
 from . import q4
 from .bundle import Bundle
+from .decode import DecodeBuffers, decode_step
 from .errors import BudgetTooSmall, BundleError
 from .experts import ExpertStore
 from .graphs import set_accuracy_level
@@ -65,6 +66,7 @@ class Model:
         bundle.release_pages()
         trim_heap()
         self.experts = ExpertStore(bundle, self._graph("expert"), self._expert_budget(self.memory_budget))
+        self.decode_buffers = DecodeBuffers(cfg.hidden_size, cfg.num_experts)
 
     # -- construction -------------------------------------------------------------------
     def resident_bytes(self) -> int:
@@ -153,6 +155,8 @@ class Model:
 
     def _forward_chunk(self, token_ids: np.ndarray, cache: KVCache) -> np.ndarray:
         """Run S new tokens through every layer; returns the final residual [S, H]."""
+        if len(token_ids) == 1:
+            return decode_step(self, int(token_ids[0]), cache)
         x = self.embed(token_ids)                                            # [1, S, H]
         total = cache.length + len(token_ids)
         for layer in range(self.config.num_layers):
