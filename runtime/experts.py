@@ -18,7 +18,7 @@ from .bundle import Bundle
 from .decode import expert_binding
 from .expert_cache import ExpertCache
 from .expert_loader import ExpertLoader
-from .memory import EXPERT_SESSION_FACTOR, trim_heap, trim_slack
+from .memory import expert_charge, trim_heap, trim_slack
 from .sessions import make_session
 
 
@@ -26,7 +26,7 @@ class ExpertStore:
     def __init__(self, bundle: Bundle, graph: bytes, budget_bytes: int | None = None):
         self.bundle, self.graph = bundle, graph
         self.expert_bytes = sum(a.nbytes for a in bundle.expert(0, 0).values())  # raw Q4 bytes
-        self.charge = int(EXPERT_SESSION_FACTOR * self.expert_bytes)          # resident bytes per session
+        self.charge = expert_charge(self.expert_bytes)          # resident bytes per session
         self._freed_since_trim = 0
         self._trim_every = trim_slack(self.charge)
         self.cache = ExpertCache(budget_bytes)

@@ -3,9 +3,10 @@
 The budget given to `load(memory_budget=...)` bounds the whole process's resident set (RSS).
 Its always-resident part is measured, not estimated: the RSS once the attention and head
 sessions exist and the bundle's mapped pages are released, plus the KV cache at full
-capacity. Each expert session is charged `EXPERT_SESSION_FACTOR` times its raw Q4 bytes
-(ONNX Runtime's prepacked form plus the session itself: 1.6-1.9x measured on the full 4B
-shapes), and freed sessions are handed back to the OS with `malloc_trim`, because glibc
+capacity. Each expert session is charged `expert_charge(raw Q4 bytes)`: ONNX Runtime's
+prepacked copy plus the session itself, measured after `malloc_trim` at 1.43x raw on the
+full 4B shapes (2.1 MiB raw) and 2.0x on a 0.47 MiB test expert, i.e. about 1.35x raw plus
+a fixed 250 KiB. Freed sessions are handed back to the OS with `malloc_trim`, because glibc
 otherwise keeps freed memory and RSS drifts far above the live set.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import os
 
 import psutil
 
-EXPERT_SESSION_FACTOR = 2.0
+EXPERT_SESSION_FACTOR = 1.4        # resident bytes per raw Q4 byte of an expert session...
+EXPERT_SESSION_FIXED = 300 << 10   # ...plus this per session (graph, kernels, plans)
 DEFAULT_SHARE = 0.75  # of the memory available at start, when no budget is given
 
 _libc = None
@@ -46,6 +48,10 @@ def trim_heap() -> None:
             _libc = False
     if _libc and hasattr(_libc, "malloc_trim"):
         _libc.malloc_trim(0)
+
+
+def expert_charge(raw_bytes: int) -> int:
+    return int(EXPERT_SESSION_FACTOR * raw_bytes) + EXPERT_SESSION_FIXED
 
 
 def trim_slack(charge: int) -> int:

@@ -21,7 +21,7 @@ from .errors import BudgetTooSmall, BundleError
 from .experts import ExpertStore
 from .graphs import set_accuracy_level
 from .kvcache import KVCache
-from .memory import EXPERT_SESSION_FACTOR, default_budget, format_bytes, process_rss, trim_heap, trim_slack
+from .memory import expert_charge, default_budget, format_bytes, process_rss, trim_heap, trim_slack
 from .sessions import init_thread_pool, initializer_names, make_session
 from .template import DEFAULT_CHATML
 
@@ -79,7 +79,7 @@ class Model:
 
     def _expert_budget(self, memory_budget: int | None) -> int | None:
         """Bytes left for expert sessions; refuses a budget below one layer's working set."""
-        charge = int(EXPERT_SESSION_FACTOR * sum(a.nbytes for a in self.bundle.expert(0, 0).values()))
+        charge = expert_charge(sum(a.nbytes for a in self.bundle.expert(0, 0).values()))
         # measured: everything resident now (interpreter, libraries, dense sessions) + a full KV
         # cache; then headroom for memory freed but not yet trimmed and two builds in flight
         self.measured_resident = process_rss() + self.kv_bytes() + trim_slack(charge) + 2 * charge

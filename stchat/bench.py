@@ -23,6 +23,7 @@ from stchat.exitcodes import ExitCode, UsageError
 
 FIELDS = [  # key, label, format
     ("load_seconds", "load", "{:.2f} s"),
+    ("cold_ttft_seconds", "first prompt, cold", "{:.2f} s"),
     ("ttft_seconds", "time to first token", "{:.2f} s"),
     ("prefill_tps", "prefill", "{:.1f} tok/s"),
     ("decode_tps", "decode", "{:.2f} tok/s"),
