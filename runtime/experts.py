@@ -63,8 +63,8 @@ class ExpertStore:
 
     def session(self, layer: int, expert: int) -> ort.InferenceSession:
         key = (layer, expert)
-        session = self.cache.get(key)
-        if session is None:  # a miss: wait for the loader, or build it here
+        session = self.cache.get(key, count=False)  # hits and misses are counted by `prefetch`
+        if session is None:  # not resident (yet): wait for the loader, or build it here
             started = time.perf_counter()
             if self.loader.wait(key):
                 session = self.cache.get(key, count=False)
@@ -75,10 +75,11 @@ class ExpertStore:
         return session
 
     def prefetch(self, layer: int, experts: np.ndarray) -> None:
-        """Experts the router chose for `layer`, known before its attention runs."""
+        """Experts the router chose for `layer`, known before its attention runs: a hit is an
+        expert already resident now; each miss is handed to the loader thread."""
         for expert in np.unique(experts):
             key = (layer, int(expert))
-            if not self.cache.peek(key):
+            if self.cache.get(key) is None:
                 self.loader.request(key)
 
     def run(self, layer: int, expert: int, h: np.ndarray) -> np.ndarray:

@@ -37,8 +37,18 @@ def default_budget() -> int:
     return int(available_memory() * DEFAULT_SHARE)
 
 
-def trim_heap() -> None:
-    """Return freed heap pages to the OS (glibc only; a no-op elsewhere)."""
+def configure_allocator() -> None:
+    """Make glibc give large freed blocks back at once: allocations of 256 KiB and more get
+    their own mapping (the threshold no longer grows as blocks are freed), and the heap top is
+    trimmed past 1 MiB. Building an expert session allocates and frees multi-megabyte scratch
+    blocks; with glibc's defaults those stayed resident and a 1 GiB budget peaked at 1.2 GiB."""
+    libc = _load_libc()
+    if libc and hasattr(libc, "mallopt"):
+        libc.mallopt(-3, 256 << 10)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 20)    # M_TRIM_THRESHOLD
+
+
+def _load_libc():
     global _libc
     if _libc is None:
         name = ctypes.util.find_library("c")
@@ -46,8 +56,14 @@ def trim_heap() -> None:
             _libc = ctypes.CDLL(name) if name else False
         except OSError:
             _libc = False
-    if _libc and hasattr(_libc, "malloc_trim"):
-        _libc.malloc_trim(0)
+    return _libc
+
+
+def trim_heap() -> None:
+    """Return freed heap pages to the OS (glibc only; a no-op elsewhere)."""
+    libc = _load_libc()
+    if libc and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def expert_charge(raw_bytes: int) -> int:

@@ -21,7 +21,7 @@ from .errors import BudgetTooSmall, BundleError
 from .experts import ExpertStore
 from .graphs import set_accuracy_level
 from .kvcache import KVCache
-from .memory import expert_charge, default_budget, format_bytes, process_rss, trim_heap, trim_slack
+from .memory import configure_allocator, expert_charge, default_budget, format_bytes, process_rss, trim_heap, trim_slack
 from .sessions import init_thread_pool, initializer_names, make_session
 from .template import DEFAULT_CHATML
 
@@ -38,6 +38,7 @@ def rope_tables(positions: int, head_dim: int, theta: float) -> tuple[np.ndarray
 class Model:
     def __init__(self, bundle: Bundle, *, threads: int | None = None, accuracy_level: int = 4,
                  context: int | None = None, memory_budget: int | None = None):
+        configure_allocator()
         self.bundle = bundle
         self.config = cfg = bundle.config
         self.threads = init_thread_pool(threads)
@@ -69,6 +70,10 @@ class Model:
         self.decode_buffers = DecodeBuffers(cfg.hidden_size, cfg.num_experts)
 
     # -- construction -------------------------------------------------------------------
+    def memory_in_use(self) -> int:
+        """What the budget bounds: this process's resident memory now."""
+        return process_rss()
+
     def resident_bytes(self) -> int:
         """Static estimate of the always-resident part (dense weights + full KV cache), from file sizes."""
         return (self.bundle.path / "dense.bin").stat().st_size + self.kv_bytes()

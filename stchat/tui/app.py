@@ -170,16 +170,15 @@ class StchatApp(App):
 
     # -- status -------------------------------------------------------------------------------
     def memory(self) -> tuple[int | None, int | None]:
-        """(bytes in use: always-resident part + cached experts, the budget or None)."""
+        """(bytes in use: the process's resident memory, what the budget bounds; the budget)."""
         model = self.model
         if model is None:
             return None, self.settings.memory_bytes
-        cache = model.experts.cache
-        try:
-            resident = model.resident_bytes()
-        except Exception:
-            resident = 0
-        return resident + cache.used, getattr(model, "memory_budget", None)
+        if hasattr(model, "memory_in_use"):
+            used = model.memory_in_use()
+        else:  # an engine without the measurement: its resident part plus cached experts
+            used = model.resident_bytes() + model.experts.cache.used
+        return used, getattr(model, "memory_budget", None)
 
     def status_text(self):
         used, budget = self.memory()

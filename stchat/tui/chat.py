@@ -24,7 +24,7 @@ from stchat.storage import Conversation
 from stchat.tui.engine import describe_error
 from stchat.tui.messages import ReplyDelta, ReplyDone, ReplyNotice, ReplyStarted
 from stchat.tui.modals import ConfirmScreen, TextPrompt
-from stchat.tui.widgets import MessageView, PromptInput, StatusBar, code_blocks
+from stchat.tui.widgets import MessageView, PromptInput, StatusBar, code_blocks, displayable
 
 NEW_TITLE = "New chat"
 WELCOME = """\
@@ -346,7 +346,7 @@ class ChatScreen(Screen):
         if self.streaming_view is not None:
             self.streaming_view.content += message.text
         if self.stream is not None:
-            await self.stream.write(message.text)
+            await self.stream.write(displayable(message.text))
         elapsed = time.monotonic() - self._started
         if elapsed > 0:
             self.app.generation_tps = self._tokens / elapsed

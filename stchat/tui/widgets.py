@@ -19,6 +19,15 @@ def code_blocks(markdown: str) -> list[str]:
     return [match.group(2).rstrip("\n") for match in CODE_BLOCK.finditer(markdown)]
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def displayable(text: str) -> str:
+    """Text safe to draw: control characters (a model can emit any byte) become U+FFFD, so
+    none reaches the terminal as a command. Newlines and tabs stay; stored text is unchanged."""
+    return _CONTROL.sub("\ufffd", text)
+
+
 class PromptInput(TextArea):
     """The message box: Enter sends; Ctrl+J (everywhere) or Shift+Enter (where reported) adds a
     newline; a multi-line paste stays one message, since a paste is not a key press."""
@@ -63,7 +72,7 @@ class MessageView(Vertical, can_focus=True):
 
     def compose(self):
         yield Label(self.header(), classes="header")
-        yield Markdown(self.content)
+        yield Markdown(displayable(self.content))
 
     def header(self) -> str:
         parts = [ROLE_NAMES.get(self.role, self.role)]
@@ -83,7 +92,7 @@ class MessageView(Vertical, can_focus=True):
     async def finish(self, content: str, state: str, stats: dict | None) -> None:
         """The final full render (a stream can leave code fences half drawn) and header."""
         self.content, self.state, self.stats = content, state, stats
-        await self.markdown.update(content)
+        await self.markdown.update(displayable(content))
         self.query_one(".header", Label).update(self.header())
 
     def set_state(self, state: str) -> None:
