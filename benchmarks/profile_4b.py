@@ -12,10 +12,10 @@ Every measured run happens in a fresh subprocess (clean page cache of sessions, 
 RSS); figures are medians over `--runs`. A JSON summary goes to stdout and a Markdown section
 is appended to `benchmarks/PROFILE-4B.md` (unless `--no-results`).
 
-    PYTHONPATH=. python benchmarks/bench_runtime.py [--work /tmp/stchat-bench] [--runs 3]
+    PYTHONPATH=. python benchmarks/profile_4b.py [--work /tmp/stchat-bench] [--runs 3]
         [--threads 2,1] [--prompt 512] [--decode 64] [--profile-convert] [--note TEXT]
-    PYTHONPATH=. python benchmarks/bench_runtime.py --spec TINY_4B_LIKE --runs 1 --no-results   # smoke test
-    PYTHONPATH=. python benchmarks/bench_runtime.py --report summary.json   # re-render a saved summary
+    PYTHONPATH=. python benchmarks/profile_4b.py --spec TINY_4B_LIKE --runs 1 --no-results   # smoke test
+    PYTHONPATH=. python benchmarks/profile_4b.py --report summary.json   # re-render a saved summary
 
 Each run also times one instrumented decode loop and one prefill chunk with every session call
 and per-layer model method wrapped in a timer (ORT time vs the Python around it), plus a few
@@ -546,7 +546,7 @@ def markdown(summary: dict) -> str:
 
 HEADER = """# Runtime benchmarks
 
-Appended by `benchmarks/bench_runtime.py` (see its docstring). Synthetic random-weight models
+Appended by `benchmarks/profile_4b.py` (see its docstring). Synthetic random-weight models
 with the real shapes; figures from shared 2-vCPU machines are noisy: compare runs made on the
 same machine and look at the min–max ranges and the load average.
 
