@@ -21,7 +21,7 @@ from .errors import BudgetTooSmall, BundleError
 from .experts import ExpertStore
 from .graphs import set_accuracy_level
 from .kvcache import KVCache
-from .memory import configure_allocator, expert_charge, default_budget, format_bytes, process_rss, trim_heap, trim_slack
+from .memory import allocator_headroom, configure_allocator, expert_charge, minimum_with_headroom, default_budget, format_bytes, process_rss, trim_heap, trim_slack
 from .sessions import init_thread_pool, initializer_names, make_session
 from .template import DEFAULT_CHATML
 
@@ -88,15 +88,16 @@ class Model:
         # measured: everything resident now (interpreter, libraries, dense sessions) + a full KV
         # cache; then headroom for memory freed but not yet trimmed and two builds in flight
         self.measured_resident = process_rss() + self.kv_bytes() + trim_slack(charge) + 2 * charge
-        self.minimum_budget = self.measured_resident + self.config.num_experts_per_tok * charge
+        working_set = self.measured_resident + self.config.num_experts_per_tok * charge
+        self.minimum_budget = minimum_with_headroom(working_set)
         if memory_budget is None:
             return None
         if memory_budget < self.minimum_budget:
             raise BudgetTooSmall(
                 f"memory budget of {format_bytes(memory_budget)} is too small for this model: it needs at least "
                 f"{format_bytes(self.minimum_budget)} ({format_bytes(self.measured_resident)} always resident "
-                f"+ {self.config.num_experts_per_tok} experts of {format_bytes(charge)})")
-        return memory_budget - self.measured_resident
+                f"+ {self.config.num_experts_per_tok} experts of {format_bytes(charge)} + allocator headroom)")
+        return memory_budget - allocator_headroom(memory_budget) - self.measured_resident
 
     def _graph(self, name: str) -> bytes:
         graph = self.bundle.graph(name)
