@@ -36,6 +36,19 @@ class DecodeBuffers:
         self.seqlens_value, self.total_value = value(self.seqlens), value(self.total)
 
 
+def bind_cache(binding, model, layer: int, cache) -> None:
+    """The inputs every attention call shares: RoPE tables and the layer's KV buffers, which
+    are bound as both past and present so attention appends in place."""
+    if model.config.rope_layers[layer]:
+        binding.bind_ortvalue_input("rope.cos", model._rope_values[0])
+        binding.bind_ortvalue_input("rope.sin", model._rope_values[1])
+    key, value = cache.key_values[layer], cache.value_values[layer]
+    binding.bind_ortvalue_input("past_key", key)
+    binding.bind_ortvalue_input("past_value", value)
+    binding.bind_ortvalue_output("present_key", key)
+    binding.bind_ortvalue_output("present_value", value)
+
+
 def attention_bindings(model, cache, buffers: DecodeBuffers) -> list:
     """One IOBinding per layer for this cache: inputs, KV in place and outputs all bound."""
     bindings = []
@@ -44,14 +57,7 @@ def attention_bindings(model, cache, buffers: DecodeBuffers) -> list:
         binding.bind_ortvalue_input("hidden", buffers.x_value)
         binding.bind_ortvalue_input("seqlens_k", buffers.seqlens_value)
         binding.bind_ortvalue_input("total_length", buffers.total_value)
-        if model.config.rope_layers[layer]:
-            binding.bind_ortvalue_input("rope.cos", model._rope_values[0])
-            binding.bind_ortvalue_input("rope.sin", model._rope_values[1])
-        key, value = cache.key_values[layer], cache.value_values[layer]
-        binding.bind_ortvalue_input("past_key", key)
-        binding.bind_ortvalue_input("past_value", value)
-        binding.bind_ortvalue_output("present_key", key)
-        binding.bind_ortvalue_output("present_value", value)
+        bind_cache(binding, model, layer, cache)
         binding.bind_ortvalue_output("hidden_out", buffers.hidden_out_value)
         binding.bind_ortvalue_output("normed", buffers.normed_value)
         bindings.append(binding)

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from . import q4
 from .bundle import Bundle
-from .decode import DecodeBuffers, decode_step
+from .decode import DecodeBuffers, bind_cache, decode_step
 from .errors import BudgetTooSmall, BundleError
 from .experts import ExpertStore
 from .graphs import set_accuracy_level
@@ -135,14 +135,7 @@ class Model:
         binding.bind_cpu_input("hidden", x)
         binding.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         binding.bind_cpu_input("total_length", np.array(total, np.int32))
-        if self.config.rope_layers[layer]:
-            binding.bind_ortvalue_input("rope.cos", self._rope_values[0])
-            binding.bind_ortvalue_input("rope.sin", self._rope_values[1])
-        key, value = cache.key_values[layer], cache.value_values[layer]
-        binding.bind_ortvalue_input("past_key", key)
-        binding.bind_ortvalue_input("past_value", value)
-        binding.bind_ortvalue_output("present_key", key)
-        binding.bind_ortvalue_output("present_value", value)
+        bind_cache(binding, self, layer, cache)
         binding.bind_output("hidden_out")
         binding.bind_output("normed")
         session.run_with_iobinding(binding)
