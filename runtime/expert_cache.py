@@ -1,15 +1,22 @@
-"""The LRU of hot experts: built ONNX Runtime sessions kept within a budget in bytes.
+"""The cache of hot experts: built ONNX Runtime sessions kept within a budget in bytes.
 
 Keys are `(layer, expert)`; values are whatever the store builds (a session) with the bytes it
-is charged. Eviction drops the least recently used entries until a new one fits. The cache
-only keeps books; building, loading ahead and waiting are the expert store's business.
+is charged. Entries are kept in recency order (an LRU), and the cache also counts how often
+each key was asked for, resident or not, with counts halved now and then so they follow the
+conversation. To make room it looks at the few least recently used entries and evicts the one
+asked for least: a plain LRU when routing is uniform, while the experts a model uses for most
+tokens (SmallThinker's routing is skewed) are not pushed out by one-off ones. The cache only
+keeps books; building, loading ahead and waiting are the expert store's business.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Hashable
+
+EVICTION_WINDOW = 16  # least recently used entries compared by use count before evicting one
 
 
 @dataclass
@@ -34,18 +41,23 @@ class ExpertCache:
         self.used = 0
         self.stats = CacheStats()
         self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._uses: dict[Hashable, int] = {}  # demand per key, resident or not, halved when aging
+        self._uses_since_aging = 0
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, count: bool = True) -> Any | None:
-        """The cached value (now most recently used), or None; counts a hit or a miss."""
+        """The cached value, or None. With `count` (a real use of the expert) it counts a hit or
+        a miss and the demand for `key`, and makes the entry the most recently used."""
         with self._lock:
+            if count:
+                self._count_use(key)
             entry = self._entries.get(key)
             if entry is None:
                 self.stats.misses += count
                 return None
-            self._entries.move_to_end(key)
             if not count:
                 return entry[0]
+            self._entries.move_to_end(key)
             self.stats.hits += 1
             self.stats.hits_by_key[key] = self.stats.hits_by_key.get(key, 0) + 1
             return entry[0]
@@ -56,19 +68,31 @@ class ExpertCache:
             return key in self._entries
 
     def put(self, key: Hashable, value: Any, nbytes: int) -> list[Hashable]:
-        """Insert (or refresh) `key`; returns the keys evicted to make room."""
+        """Insert (or refresh) `key` as the most recent entry; returns the keys evicted for room."""
         evicted = []
         with self._lock:
             if key in self._entries:
                 self.used -= self._entries.pop(key)[1]
             while self.budget is not None and self._entries and self.used + nbytes > self.budget:
-                old_key, (_, old_bytes) = self._entries.popitem(last=False)
-                self.used -= old_bytes
+                victim = self._victim()
+                self.used -= self._entries.pop(victim)[1]
                 self.stats.evictions += 1
-                evicted.append(old_key)
+                evicted.append(victim)
             self._entries[key] = (value, nbytes)
             self.used += nbytes
         return evicted
+
+    def _victim(self) -> Hashable:
+        """Among the least recently used few, the one asked for least (the oldest on a tie)."""
+        window = itertools.islice(self._entries, EVICTION_WINDOW)
+        return min(window, key=lambda k: self._uses.get(k, 0))
+
+    def _count_use(self, key: Hashable) -> None:
+        self._uses[key] = self._uses.get(key, 0) + 1
+        self._uses_since_aging += 1
+        if self._uses_since_aging >= 16 * max(len(self._entries), 64):
+            self._uses_since_aging = 0
+            self._uses = {k: n // 2 for k, n in self._uses.items() if n > 1}
 
     def resident(self) -> list[Hashable]:
         """Keys in recency order, least recently used first."""

@@ -45,6 +45,7 @@ def make_session(model_bytes: bytes, weights: dict[str, np.ndarray], keep_weight
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
     options.enable_cpu_mem_arena = False  # an arena per session would keep each one's peak activations
+    options.add_session_config_entry("session.prepack.enable_parallel", "1")  # a miss waits on prepacking
     if weights:
         names = list(weights)
         values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[n])) for n in names]

@@ -14,19 +14,45 @@ def test_lru_evicts_least_recently_used_within_budget():
     assert cache.get("a") == 1           # a is now the most recent
     assert cache.put("d", 4, 100) == ["b"]
     assert cache.resident() == ["c", "a", "d"] and cache.used == 300
-    assert cache.put("e", 5, 250) == ["c", "a", "d"]
+    assert cache.put("e", 5, 250) == ["c", "d", "a"]  # a, asked for once, outlives d
     assert cache.get("b") is None
     s = cache.stats
     assert (s.hits, s.misses, s.evictions) == (1, 1, 4) and s.hit_rate == 0.5
 
 
-def test_unlimited_cache_never_evicts_and_refresh_does_not_double_count():
-    cache = ExpertCache(budget_bytes=None)
-    for i in range(100):
-        cache.put(i, i, 10**9)
-    assert len(cache) == 100 and cache.stats.evictions == 0
-    cache.put(5, "again", 10**9)
-    assert cache.used == 100 * 10**9 and cache.peek(5) and not cache.peek(500)
+def test_experts_asked_for_often_outlive_more_recent_one_off_ones():
+    cache = ExpertCache(budget_bytes=400)
+    for key in "hot", "x", "y", "z":
+        cache.get(key)                   # a miss still counts as demand
+        cache.put(key, key, 100)
+    for _ in range(3):
+        assert cache.get("hot") == "hot"
+    for key in "x", "y", "z":            # recent again: "hot" is now the least recent
+        cache.get(key)
+    cache.get("new")
+    assert cache.put("new", "new", 100) == ["x"]
+    assert cache.peek("hot") and cache.resident()[0] == "hot"
+    for key in "p", "q", "r":            # one-off experts keep replacing each other
+        cache.get(key)
+        cache.put(key, key, 100)
+    assert cache.peek("hot")
+    assert cache.stats.evictions == 4
+
+
+def test_use_counts_age_so_old_favourites_can_leave():
+    def cache_after(other_uses: int) -> ExpertCache:
+        cache = ExpertCache(budget_bytes=200)
+        for _ in range(5):
+            cache.get("old")
+        cache.put("old", 1, 100)
+        for _ in range(other_uses):
+            cache.get("elsewhere")       # demand for experts of other layers
+        cache.get("b")
+        cache.put("b", 2, 100)
+        return cache
+
+    assert cache_after(0).put("c", 3, 100) == ["b"]              # 5 uses beat 1
+    assert cache_after(16 * 64 * 3).put("c", 3, 100) == ["old"]  # halved three times: 5 -> 0
 
 
 @pytest.mark.parametrize("layout", ["4b", "21b"])
