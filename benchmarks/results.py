@@ -24,7 +24,7 @@ import platformdirs
 BANDWIDTH = 23e9  # bytes/s: memory read with 2 threads on this machine kind (issue 3)
 CONFIGS = [  # size, routing, memory budget (None: sized to the machine)
     ("4b", "uniform", None), ("4b", "uniform", "1GiB"), ("4b", "skewed", "1GiB"), ("4b", "skewed", "1536MiB"),
-    ("21b", "skewed", "8GiB"),
+    ("21b", "skewed", "8GiB"), ("21b", "uniform", "8GiB"), ("21b", "skewed", None),
 ]
 
 
@@ -68,7 +68,7 @@ def render(rows: list[tuple], runs: int) -> str:
         f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}. Synthetic models: random "
         "weights with the real shapes (`stchat bench --synthetic`). Medians of "
         f"{runs} cold runs (21B: --runs-21b), each in a fresh process; 512-token prompts (the warm figure is the second "
-        "prompt of the run), 32 decoded tokens. The bandwidth-bound limit is the bytes one token must "
+        "prompt of the run), 32 decoded tokens; budget auto is 75% of the memory available at load. The bandwidth-bound limit is the bytes one token must "
         f"read (dense weights but the embedding, plus the active experts) at {BANDWIDTH / 1e9:.0f} GB/s.",
         "",
         "| model | routing | budget | load s | prefill tok/s (warm) | first prompt cold s | decode tok/s | "
@@ -96,6 +96,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
     args = parser.parse_args()
     rows = []
+    notes = Path(args.out).with_name("NOTES.md")
     for size, routing, memory in CONFIGS:
         if args.quick and size != "4b":
             continue
@@ -103,9 +104,8 @@ def main() -> int:
         limit = BANDWIDTH / bytes_per_token(size, routing) if "error" not in result else 0.0
         rows.append((size, routing, memory, result, limit))
         print(json.dumps({"model": size, "routing": routing, "memory": memory, **result}), flush=True)
-    table = render(rows, args.runs)
-    notes = Path(args.out).with_name("NOTES.md")
-    Path(args.out).write_text(table + ("\n" + notes.read_text() if notes.is_file() else ""))
+        table = render(rows, args.runs)  # rewritten after every row: an interrupted run keeps its figures
+        Path(args.out).write_text(table + ("\n" + notes.read_text() if notes.is_file() else ""))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

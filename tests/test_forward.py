@@ -18,7 +18,7 @@ def _reference(layout, ids):
 
 
 def _sequence(layout, length=64):
-    """A 64-token sequence: the prompt then the reference's own greedy continuation."""
+    """The first 64 tokens of the test prompt (teacher forcing: every position sees the same input)."""
     ids = prompt_ids()[:length]
     assert len(ids) == length, "prompt too short for the test"
     return ids

@@ -21,6 +21,7 @@ from textual.widgets import Footer, Input, Label, ListItem, ListView, Markdown
 from textual.worker import get_current_worker
 
 from stchat.storage import Conversation
+from stchat.tui.conversation_settings import ConversationSettingsScreen
 from stchat.tui.engine import describe_error
 from stchat.tui.messages import ReplyDelta, ReplyDone, ReplyNotice, ReplyStarted
 from stchat.tui.modals import ConfirmScreen, TextPrompt
@@ -73,6 +74,7 @@ class ChatScreen(Screen):
         Binding("escape", "stop", "Stop", id="chat.stop"),
         Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate"),
         Binding("f2", "rename", "Rename", id="chat.rename"),
+        Binding("f9", "conversation_settings", "Chat settings", id="chat.settings"),
         Binding("f8,delete", "delete", "Delete", id="chat.delete"),
         Binding("ctrl+f", "search", "Search", id="chat.search"),
         Binding("ctrl+s", "export", "Export", id="chat.export"),
@@ -202,6 +204,26 @@ class ChatScreen(Screen):
 
         self.app.push_screen(TextPrompt("Rename the conversation:", self.app.store.conversation(target).title,
                                         ok_label="Rename"), done)
+
+    def action_conversation_settings(self) -> None:
+        target = self._target()
+        if target is None:
+            self.app.notify("New conversations take the defaults from Settings (F5); send a first message "
+                            "to give this one its own.", severity="warning")
+            return
+        conversation = self.app.store.conversation(target)
+
+        def done(result: tuple[str, dict] | None) -> None:
+            if result is None:
+                return
+            system_prompt, sampling = result
+            self.app.store.update_conversation(target, system_prompt=system_prompt.strip() or None, sampling=sampling)
+            if self.session_key is not None and self.session_key[0] == target:
+                self.session = self.session_key = None  # the next reply starts a session with them
+            self.app.notify("Conversation settings saved: the next reply uses them.")
+
+        self.app.push_screen(ConversationSettingsScreen(conversation.title, conversation.system_prompt or "",
+                                                        conversation.sampling, self.app.settings), done)
 
     def action_delete(self) -> None:
         target = self._target()

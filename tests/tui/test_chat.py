@@ -279,3 +279,46 @@ async def test_context_notice_is_shown(make_app, store):
         await ready(pilot)
         await send(pilot, "hi")
         assert any("dropped the 2 oldest" in n.message for n in app._notifications)
+
+
+async def test_each_conversation_keeps_its_own_system_prompt_and_sampling(make_app, store):
+    from textual.widgets import Input, TextArea
+
+    from stchat.tui.conversation_settings import ConversationSettingsScreen
+
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 50)) as pilot:
+        screen = await ready(pilot)
+        await pilot.press("f9")                       # no conversation yet: explained, no dialog
+        await pilot.pause()
+        assert not isinstance(app.screen, ConversationSettingsScreen)
+        await send(pilot, "first")
+        first = screen.conversation_id
+        assert engine.sessions[-1].sampling["temperature"] == app.settings.temperature
+
+        await pilot.press("f9")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConversationSettingsScreen))
+        dialog = app.screen
+        dialog.query_one("#system_prompt", TextArea).text = "Answer like a pirate."
+        dialog.query_one("#temperature", Input).value = "-1"
+        await pilot.press("ctrl+s")                   # refused: the dialog stays, the field is marked
+        await pilot.pause()
+        assert app.screen is dialog and dialog.query_one("#temperature", Input).has_class("-invalid")
+        assert "temperature" in str(dialog.query_one("#errors").render())
+        dialog.query_one("#temperature", Input).value = "0"
+        dialog.query_one("#top_k", Input).value = "5"
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: app.screen is screen)
+        kept = store.conversation(first)
+        assert kept.system_prompt == "Answer like a pirate."
+        assert kept.sampling["temperature"] == 0.0 and kept.sampling["top_k"] == 5
+
+        await send(pilot, "second")                   # the next reply runs with them
+        session = engine.sessions[-1]
+        assert session.system_prompt == "Answer like a pirate." and session.sampling["top_k"] == 5
+
+        await pilot.press("ctrl+n")
+        await send(pilot, "another chat")             # a new conversation still takes the defaults
+        assert store.conversation(screen.conversation_id).system_prompt is None
+        assert engine.sessions[-1].sampling["top_k"] == app.settings.top_k

@@ -1,0 +1,86 @@
+"""One conversation's own settings: its system prompt and sampling parameters.
+
+New conversations start from the defaults in Settings (F5); this dialog (F9) changes what a
+conversation keeps for itself. Values are checked by the same rules as the settings file, and
+the next reply uses them (a changed system prompt means the conversation is prefilled again).
+"""
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static, TextArea
+
+from stchat.settings import Settings, SettingsError
+from stchat.tui.modals import DIALOG_CSS
+
+SAMPLING_FIELDS = [  # (field, label)
+    ("temperature", "Temperature (0: greedy)"),
+    ("top_k", "Top k (0: off)"),
+    ("top_p", "Top p (1: off)"),
+    ("min_p", "Min p (0: off)"),
+    ("repetition_penalty", "Repetition penalty"),
+    ("max_tokens", "Max tokens per reply"),
+]
+
+
+class ConversationSettingsScreen(ModalScreen[tuple[str, dict] | None]):
+    """Dismisses with (system prompt, sampling dict) when saved, None when cancelled."""
+
+    DEFAULT_CSS = "ConversationSettingsScreen { align: center middle; }" + DIALOG_CSS + """
+    ConversationSettingsScreen .dialog { width: 72; }
+    ConversationSettingsScreen .field { height: 3; }
+    ConversationSettingsScreen .field Label { width: 28; padding: 1 1 0 0; margin: 0; }
+    ConversationSettingsScreen .field Input { width: 1fr; }
+    ConversationSettingsScreen #system_prompt { height: 5; }
+    ConversationSettingsScreen #errors { color: $error; height: auto; }
+    ConversationSettingsScreen Input.-invalid { border: tall $error; }
+    """
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="conversation_settings.cancel"),
+        Binding("ctrl+s", "save", "Save", id="conversation_settings.save"),
+    ]
+
+    def __init__(self, title: str, system_prompt: str, sampling: dict, defaults: Settings):
+        super().__init__()
+        self.conversation_title, self.system_prompt = title, system_prompt
+        self.sampling, self.defaults = sampling, defaults
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(f"Settings of “{self.conversation_title}”")
+            yield Label("System prompt")
+            yield TextArea(self.system_prompt, id="system_prompt")
+            for name, label in SAMPLING_FIELDS:
+                with Horizontal(classes="field"):
+                    yield Label(label)
+                    yield Input(str(self.sampling.get(name, getattr(self.defaults, name))), id=name)
+            yield Static("", id="errors", markup=False)
+            with Horizontal():
+                yield Button("Cancel", id="cancel")
+                yield Button("Save", id="save", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#system_prompt", TextArea).focus()
+
+    def action_save(self) -> None:
+        for field in self.query(Input):
+            field.remove_class("-invalid")
+        values = self.defaults.to_dict() | {name: self.query_one(f"#{name}", Input).value
+                                             for name, _ in SAMPLING_FIELDS}
+        try:
+            checked = Settings.from_dict(values)
+        except SettingsError as error:
+            self.query_one("#errors", Static).update("\n".join(error.problems))
+            for problem in error.problems:
+                for field in self.query(f"#{problem.split(':', 1)[0]}"):
+                    field.add_class("-invalid")
+            return
+        self.dismiss((self.query_one("#system_prompt", TextArea).text, checked.sampling()))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.action_save() if event.button.id == "save" else self.action_cancel()
