@@ -1,28 +1,36 @@
-"""A background thread that builds expert sessions ahead of use, fed by the pre-attention router.
+"""Background threads that build expert sessions ahead of use, fed by the pre-attention router.
 
 The router of a layer runs before its attention, so the experts that layer needs are known
 early: `request` queues the missing ones (bounded queue; duplicates of a pending load are
-dropped), the thread builds them while attention computes (ONNX Runtime releases the GIL
-while it prepacks), and `wait` blocks only for what is still in flight.
+dropped) and `wait` blocks only for what is still in flight. A load has two stages run by two
+threads, so one expert's bytes are read from disk while the previous one is being built
+(ONNX Runtime prepacks it; both release the GIL): `read(key) -> data` is I/O, `build(key,
+data)` is CPU and puts the expert in the cache. Without a `read` there is one stage.
 """
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Hashable
+from typing import Any, Callable, Hashable
 
 _STOP = object()
 
 
 class ExpertLoader:
-    def __init__(self, load: Callable[[Hashable], None], max_pending: int = 64):
-        self._load = load                      # builds the expert and puts it in the cache
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+    def __init__(self, build: Callable[[Hashable, Any], None],
+                 read: Callable[[Hashable], Any] | None = None, max_pending: int = 64):
+        self._build, self._read = build, read
+        self._requests: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._reads: queue.Queue = queue.Queue(maxsize=1)  # read, waiting to be built
         self._pending: dict[Hashable, threading.Event] = {}
         self._lock = threading.Lock()
         self.errors: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, name="stchat-expert-loader", daemon=True)
-        self._thread.start()
+        stages = [(self._read_stage, "reader"), (self._build_stage, "builder")] if read else \
+            [(self._build_stage, "builder")]
+        self._threads = [threading.Thread(target=run, name=f"stchat-expert-{name}", daemon=True)
+                         for run, name in stages]
+        for thread in self._threads:
+            thread.start()
 
     def request(self, key: Hashable) -> bool:
         """Queue `key` unless it is already pending or the queue is full; True if queued."""
@@ -31,11 +39,9 @@ class ExpertLoader:
                 return False
             event = self._pending[key] = threading.Event()
         try:
-            self._queue.put_nowait(key)
+            self._requests.put_nowait(key)
         except queue.Full:
-            with self._lock:
-                del self._pending[key]
-            event.set()
+            self._finish(key)
             return False
         return True
 
@@ -51,31 +57,48 @@ class ExpertLoader:
             return False
         return event.wait(timeout)
 
-    def _run(self) -> None:
+    def _finish(self, key: Hashable) -> None:
+        with self._lock:
+            event = self._pending.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def _read_stage(self) -> None:
         while True:
-            key = self._queue.get()
+            key = self._requests.get()
+            if key is _STOP:
+                self._reads.put((_STOP, None))
+                return
+            try:
+                data = self._read(key)
+            except BaseException as error:  # surfaced to the caller, which then builds itself
+                self.errors.append(error)
+                self._finish(key)
+                continue
+            self._reads.put((key, data))
+
+    def _build_stage(self) -> None:
+        source = self._reads if self._read else self._requests
+        while True:
+            item = source.get()
+            key, data = item if self._read else (item, None)
             if key is _STOP:
                 return
             try:
-                self._load(key)
-            except BaseException as error:  # surfaced to the caller, which then builds itself
+                self._build(key, data)
+            except BaseException as error:
                 self.errors.append(error)
             finally:
-                with self._lock:
-                    event = self._pending.pop(key, None)
-                if event is not None:
-                    event.set()
+                self._finish(key)
 
     def close(self) -> None:
-        """Finish the load in flight, drop the queued ones, stop the thread."""
+        """Finish the loads in flight, drop the queued ones, stop the threads."""
         while True:
             try:
-                key = self._queue.get_nowait()
+                key = self._requests.get_nowait()
             except queue.Empty:
                 break
-            with self._lock:
-                event = self._pending.pop(key, None)
-            if event is not None:
-                event.set()
-        self._queue.put(_STOP)
-        self._thread.join()
+            self._finish(key)
+        self._requests.put(_STOP)
+        for thread in self._threads:
+            thread.join()

@@ -2,12 +2,14 @@
 
 Each expert's six arrays are views of `experts.bin`; building a session prepacks them. Built
 sessions live in an `ExpertCache` whose byte budget decides how many stay resident. The
-pre-attention router calls `prefetch` with the experts a layer is about to need, and an
-`ExpertLoader` thread builds the missing ones while attention runs; `session` waits only for
-a load still in flight, and builds on the spot what nobody asked for in time.
+pre-attention router calls `prefetch` with the experts a layer is about to need, and the
+`ExpertLoader` threads read and build the missing ones while attention runs (reading the next
+while building one, through a small pool of read buffers); `session` waits only for a load
+still in flight, and builds on the spot what nobody asked for in time.
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
@@ -31,7 +33,10 @@ class ExpertStore:
         self._trim_every = trim_slack(self.charge)
         self.cache = ExpertCache(budget_bytes)
         self._local = threading.local()
-        self.loader = ExpertLoader(self._load)
+        self._read_buffers: queue.Queue = queue.Queue()  # one being read, one queued, one being built
+        for _ in range(3):
+            self._read_buffers.put(np.empty(bundle.expert_stride, np.uint8))
+        self.loader = ExpertLoader(self._build_read, read=self._read)
 
     def _scratch(self) -> np.ndarray:
         """A per-thread read buffer: ONNX Runtime prepacks the weights, then never reads it again."""
@@ -43,6 +48,11 @@ class ExpertStore:
     def _build(self, layer: int, expert: int) -> ort.InferenceSession:
         started = time.perf_counter()
         arrays = self.bundle.read_expert(layer, expert, self._scratch())
+        self.cache.stats.load_seconds += time.perf_counter() - started
+        return self._session_from(arrays)
+
+    def _session_from(self, arrays: dict[str, np.ndarray]) -> ort.InferenceSession:
+        started = time.perf_counter()
         session = make_session(self.graph, {f"expert/{name}": array for name, array in arrays.items()},
                                keep_weights=False)
         self.cache.stats.load_seconds += time.perf_counter() - started
@@ -57,9 +67,30 @@ class ExpertStore:
                 self._freed_since_trim = 0
                 trim_heap()  # glibc keeps freed sessions' memory otherwise
 
-    def _load(self, key: tuple[int, int]) -> None:
-        if not self.cache.peek(key):
-            self._insert(key, self._build(*key))
+    def _read(self, key: tuple[int, int]):
+        """The loader's I/O stage: the expert's bytes in a pooled buffer (None if resident)."""
+        if self.cache.peek(key):
+            return None
+        buffer = self._read_buffers.get()
+        try:
+            started = time.perf_counter()
+            arrays = self.bundle.read_expert(*key, buffer)
+            self.cache.stats.load_seconds += time.perf_counter() - started
+        except BaseException:
+            self._read_buffers.put(buffer)
+            raise
+        return buffer, arrays
+
+    def _build_read(self, key: tuple[int, int], read) -> None:
+        """The loader's CPU stage: build the session from what `_read` returned."""
+        if read is None:
+            return
+        buffer, arrays = read
+        try:
+            if not self.cache.peek(key):
+                self._insert(key, self._session_from(arrays))
+        finally:
+            self._read_buffers.put(buffer)  # prepacked: the session never reads it again
 
     def session(self, layer: int, expert: int) -> ort.InferenceSession:
         key = (layer, expert)

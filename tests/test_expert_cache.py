@@ -92,7 +92,7 @@ def test_loader_drops_duplicates_and_shuts_down_with_loads_in_flight():
         release.wait(5)
         loaded.append(key)
 
-    loader = ExpertLoader(slow_load, max_pending=2)
+    loader = ExpertLoader(lambda key, _: slow_load(key), max_pending=2)
     assert loader.request("a")
     started.wait(5)                                  # "a" is in flight
     assert not loader.request("a")                   # duplicate of a pending load: dropped
@@ -112,7 +112,7 @@ def test_loader_drops_duplicates_and_shuts_down_with_loads_in_flight():
 def test_loader_wait_returns_after_the_load():
     from runtime.expert_loader import ExpertLoader
     done = []
-    loader = ExpertLoader(lambda key: done.append(key))
+    loader = ExpertLoader(lambda key, _: done.append(key))
     loader.request(("layer", 1))
     loader.wait(("layer", 1), timeout=5)
     assert done == [("layer", 1)]
@@ -131,3 +131,47 @@ def test_prefetch_makes_experts_resident_before_use():
     m.experts.prefetch(0, experts)           # asked again: now every one is a hit
     assert m.experts.cache.stats.hits == len(set(experts[0].tolist()))
     m.close()
+
+
+def test_loader_reads_the_next_expert_while_building_one():
+    import threading
+
+    from runtime.expert_loader import ExpertLoader
+    building, release, events = threading.Event(), threading.Event(), []
+
+    def read(key):
+        events.append(("read", key))
+        return f"bytes of {key}"
+
+    def build(key, data):
+        events.append(("build", key, data))
+        building.set()
+        release.wait(5)
+
+    loader = ExpertLoader(build, read=read)
+    for key in "abc":
+        loader.request(key)
+    building.wait(5)                                  # "a" is being built ...
+    for _ in range(500):
+        if ("read", "b") in events:
+            break
+        building.wait(0.01)
+    assert ("read", "b") in events                    # ... and "b" has been read meanwhile
+    assert not any(e[0] == "build" and e[1] == "b" for e in events)
+    release.set()
+    assert loader.wait("c", timeout=5)
+    assert [e for e in events if e[0] == "build"] == [("build", k, f"bytes of {k}") for k in "abc"]
+    loader.close()
+
+
+def test_a_failed_read_is_reported_and_not_left_pending():
+    from runtime.expert_loader import ExpertLoader
+
+    def read(key):
+        raise OSError("disk gone")
+
+    loader = ExpertLoader(lambda key, data: None, read=read)
+    loader.request("x")
+    loader.wait("x", timeout=5)
+    assert not loader.pending("x") and isinstance(loader.errors[0], OSError)
+    loader.close()
