@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, TextArea
 
@@ -29,7 +29,7 @@ class ConversationSettingsScreen(ModalScreen[tuple[str, dict] | None]):
     """Dismisses with (system prompt, sampling dict) when saved, None when cancelled."""
 
     DEFAULT_CSS = "ConversationSettingsScreen { align: center middle; }" + DIALOG_CSS + """
-    ConversationSettingsScreen .dialog { width: 72; }
+    ConversationSettingsScreen .dialog { width: 72; max-height: 100%; }
     ConversationSettingsScreen .field { height: 3; }
     ConversationSettingsScreen .field Label { width: 28; padding: 1 1 0 0; margin: 0; }
     ConversationSettingsScreen .field Input { width: 1fr; }
@@ -48,7 +48,7 @@ class ConversationSettingsScreen(ModalScreen[tuple[str, dict] | None]):
         self.sampling, self.defaults = sampling, defaults
 
     def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
+        with VerticalScroll(classes="dialog"):  # scrolls on short terminals
             yield Label(f"Settings of “{self.conversation_title}”")
             yield Label("System prompt")
             yield TextArea(self.system_prompt, id="system_prompt")
