@@ -83,4 +83,7 @@ class ConversationSettingsScreen(ModalScreen[tuple[str, dict] | None]):
         self.dismiss(None)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.action_save() if event.button.id == "save" else self.action_cancel()
+        if event.button.id == "save":
+            self.action_save()
+        else:
+            self.action_cancel()
