@@ -46,10 +46,13 @@ class ExpertStore:
         return buffer
 
     def _build(self, layer: int, expert: int) -> ort.InferenceSession:
+        return self._session_from(self._read_into((layer, expert), self._scratch()))
+
+    def _read_into(self, key: tuple[int, int], buffer: np.ndarray) -> dict[str, np.ndarray]:
         started = time.perf_counter()
-        arrays = self.bundle.read_expert(layer, expert, self._scratch())
+        arrays = self.bundle.read_expert(*key, buffer)
         self.cache.stats.load_seconds += time.perf_counter() - started
-        return self._session_from(arrays)
+        return arrays
 
     def _session_from(self, arrays: dict[str, np.ndarray]) -> ort.InferenceSession:
         started = time.perf_counter()
@@ -73,13 +76,10 @@ class ExpertStore:
             return None
         buffer = self._read_buffers.get()
         try:
-            started = time.perf_counter()
-            arrays = self.bundle.read_expert(*key, buffer)
-            self.cache.stats.load_seconds += time.perf_counter() - started
+            return buffer, self._read_into(key, buffer)
         except BaseException:
             self._read_buffers.put(buffer)
             raise
-        return buffer, arrays
 
     def _build_read(self, key: tuple[int, int], read) -> None:
         """The loader's CPU stage: build the session from what `_read` returned."""

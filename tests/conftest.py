@@ -14,3 +14,13 @@ def stchat_home(tmp_path, monkeypatch):
     monkeypatch.setenv("STCHAT_HOME", str(home))
     monkeypatch.delenv("STCHAT_MODEL", raising=False)
     return home
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """A local stand-in for the Hugging Face Hub serving the synthetic models (one per module)."""
+    import hub_server
+
+    server = hub_server.serve_synthetic_models(tmp_path_factory.mktemp("hub-models"))
+    yield server
+    server.close()

@@ -23,13 +23,6 @@ from hub_server import GATED, GGUF_4B, GGUF_21B, PLAIN_4B, PLAIN_21B, SLOW, SLOW
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    server = hub_server.serve_synthetic_models(tmp_path_factory.mktemp("hub-models"))
-    yield server
-    server.close()
-
-
 @pytest.fixture
 def env(hub, tmp_path):
     """A private Hugging Face home and stchat home; the server's log and faults start empty."""
@@ -85,6 +78,21 @@ def wait_for(condition, seconds: float = 30, what: str = "condition"):
             return value
         time.sleep(0.002)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def pull_killed_when(env: dict, monkeypatch, spec: str, condition, what: str):
+    """Start `stchat pull spec`, wait for `condition`, check no half model is listed at that
+    moment, then SIGKILL the pull; returns what `condition` returned."""
+    proc = start(env, "pull", spec)
+    try:
+        value = wait_for(condition, what=what)
+        assert listed_now(env, monkeypatch) == []                        # mid-pull: no half model
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+        proc.communicate()
+    return value
 
 
 # -- the whole life of a model --------------------------------------------------------------
@@ -189,16 +197,9 @@ def test_sha256_mismatch_is_refused_and_nothing_is_converted(hub, env):
 def test_kill_during_download_then_pull_resumes_from_the_partial_file(hub, env, monkeypatch):
     size = len(hub.state.repos[GGUF_4B].files[PLAIN_4B].content)
     hub.state.throttle = 200_000                                         # ~1.3 s for the whole file
-    proc = start(env, "pull", "4b")
-    try:
-        partial = wait_for(lambda: next((b for b in blobs(env, GGUF_4B) if b.name.endswith(".incomplete")
-                                         and b.stat().st_size >= 64 << 10), None), what="a partial download")
-        assert listed_now(env, monkeypatch) == []                        # mid-download: no half model
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        proc.kill()
-        proc.communicate()
+    partial = pull_killed_when(env, monkeypatch, "4b", lambda: next(
+        (b for b in blobs(env, GGUF_4B) if b.name.endswith(".incomplete") and b.stat().st_size >= 64 << 10),
+        None), what="a partial download")
     kept = partial.stat().st_size
     assert 0 < kept < size and listed(env) == []
     hub.state.throttle = None
@@ -214,16 +215,8 @@ def test_kill_during_download_then_pull_resumes_from_the_partial_file(hub, env, 
 def test_kill_during_conversion_then_pull_completes_without_downloading_again(hub, env, monkeypatch):
     name = SLOW_FILE.removesuffix(".gguf")
     staging = Path(env["STCHAT_HOME"]) / "models" / ".pulling"
-    proc = start(env, "pull", SLOW)
-    try:
-        wait_for(lambda: staging.is_dir() and any(".partial-" in p.name for p in staging.iterdir()),
-                 what="the conversion to start")
-        assert listed_now(env, monkeypatch) == []                        # mid-conversion: no half model
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        proc.kill()
-        proc.communicate()
+    pull_killed_when(env, monkeypatch, SLOW, lambda: staging.is_dir() and any(
+        ".partial-" in p.name for p in staging.iterdir()), what="the conversion to start")
     assert listed(env) == [] and not (Path(env["STCHAT_HOME"]) / "models" / name).exists()
     hub.clear_log()
     done = run(env, "pull", SLOW)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-import hub_server
 from hub_server import GGUF_4B, GGUF_21B, HF_4B, PLAIN_4B, PLAIN_21B
 from stchat import catalog, download, manage, pull
 from stchat.exitcodes import ModelNotFound, StchatError
@@ -22,13 +21,6 @@ from stchat.hub import Hub, HubUnreachable
 from stchat.progress import Reporter
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    server = hub_server.serve_synthetic_models(tmp_path_factory.mktemp("hub-models"))
-    yield server
-    server.close()
 
 
 @pytest.fixture
