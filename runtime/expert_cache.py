@@ -1,22 +1,24 @@
 """The cache of hot experts: built ONNX Runtime sessions kept within a budget in bytes.
 
 Keys are `(layer, expert)`; values are whatever the store builds (a session) with the bytes it
-is charged. Entries are kept in recency order (an LRU), and the cache also counts how often
-each key was asked for, resident or not, with counts halved now and then so they follow the
-conversation. To make room it looks at the few least recently used entries and evicts the one
-asked for least: a plain LRU when routing is uniform, while the experts a model uses for most
-tokens (SmallThinker's routing is skewed) are not pushed out by one-off ones. The cache only
-keeps books; building, loading ahead and waiting are the expert store's business.
+is charged. The cache counts how often each key was asked for, resident or not, with counts
+halved now and then so they follow the conversation, and to make room it evicts the resident
+entry asked for least (the least recently used among equals), never one of the keys the current
+layer is about to run (`protect`). Frequency beats recency here: a token runs 4 experts in each
+of 32 layers, so a 4B budget of ~130 experts holds about one token's worth and a plain LRU
+evicts each expert just before its layer comes round again (replaying a skewed 4B routing trace
+at 125 entries: LRU 0.1% of decode hits, least-used-of-the-16-oldest 14%, least-used overall
+40%, clairvoyant 58%). The cache only keeps books; building, loading ahead and waiting are the
+expert store's business.
 """
 from __future__ import annotations
 
-import itertools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
-EVICTION_WINDOW = 16  # least recently used entries compared by use count before evicting one
+AGING_PERIOD = 64  # use counts are halved after this many uses per resident entry (at least 64 entries)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class ExpertCache:
         self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._uses: dict[Hashable, int] = {}  # demand per key, resident or not, halved when aging
         self._uses_since_aging = 0
+        self._protected: frozenset = frozenset()
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, count: bool = True) -> Any | None:
@@ -73,24 +76,42 @@ class ExpertCache:
         with self._lock:
             if key in self._entries:
                 self.used -= self._entries.pop(key)[1]
-            while self.budget is not None and self._entries and self.used + nbytes > self.budget:
-                victim = self._victim()
-                self.used -= self._entries.pop(victim)[1]
-                self.stats.evictions += 1
-                evicted.append(victim)
+            evicted = self._evict_until(nbytes)
             self._entries[key] = (value, nbytes)
             self.used += nbytes
         return evicted
 
+    def set_budget(self, budget_bytes: int | None) -> list[Hashable]:
+        """A new budget (the KV cache grew, say); returns the keys evicted to fit it."""
+        with self._lock:
+            self.budget = budget_bytes
+            return self._evict_until(0)
+
+    def protect(self, keys) -> None:
+        """Keys about to run (one layer's experts): not evicted until the next `protect`."""
+        with self._lock:
+            self._protected = frozenset(keys)
+
+    def _evict_until(self, incoming: int) -> list[Hashable]:
+        evicted = []
+        while self.budget is not None and self._entries and self.used + incoming > self.budget:
+            victim = self._victim()
+            self.used -= self._entries.pop(victim)[1]
+            self.stats.evictions += 1
+            evicted.append(victim)
+        return evicted
+
     def _victim(self) -> Hashable:
-        """Among the least recently used few, the one asked for least (the oldest on a tie)."""
-        window = itertools.islice(self._entries, EVICTION_WINDOW)
-        return min(window, key=lambda k: self._uses.get(k, 0))
+        """The entry asked for least (the least recent on a tie), unprotected if any is."""
+        uses, protected = self._uses, self._protected
+        candidates = (k for k in self._entries if k not in protected)
+        victim = min(candidates, key=lambda k: uses.get(k, 0), default=None)
+        return next(iter(self._entries)) if victim is None else victim
 
     def _count_use(self, key: Hashable) -> None:
         self._uses[key] = self._uses.get(key, 0) + 1
         self._uses_since_aging += 1
-        if self._uses_since_aging >= 16 * max(len(self._entries), 64):
+        if self._uses_since_aging >= AGING_PERIOD * max(len(self._entries), 64):
             self._uses_since_aging = 0
             self._uses = {k: n // 2 for k, n in self._uses.items() if n > 1}
 

@@ -5,7 +5,9 @@ early: `request` queues the missing ones (bounded queue; duplicates of a pending
 dropped) and `wait` blocks only for what is still in flight. A load has two stages run by two
 threads, so one expert's bytes are read from disk while the previous one is being built
 (ONNX Runtime prepacks it; both release the GIL): `read(key) -> data` is I/O, `build(key,
-data)` is CPU and puts the expert in the cache. Without a `read` there is one stage.
+data)` is CPU and puts the expert in the cache. Without a `read` there is one stage. A load
+not started yet can be `claim`ed by the compute thread, which then builds it itself: with a
+layer's experts all missing, it and the loader build two at a time instead of one waiting.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ class ExpertLoader:
         self._requests: queue.Queue = queue.Queue(maxsize=max_pending)
         self._reads: queue.Queue = queue.Queue(maxsize=1)  # read, waiting to be built
         self._pending: dict[Hashable, threading.Event] = {}
+        self._started: set = set()  # pending keys a stage has taken from the request queue
+        self._claimed: set = set()  # queued keys the caller took over: skipped when dequeued
         self._lock = threading.Lock()
         self.errors: list[BaseException] = []
         stages = [(self._read_stage, "reader"), (self._build_stage, "builder")] if read else \
@@ -49,6 +53,15 @@ class ExpertLoader:
         with self._lock:
             return key in self._pending
 
+    def claim(self, key: Hashable) -> bool:
+        """Take over a queued load not started yet (the caller builds it); True if taken."""
+        with self._lock:
+            if key not in self._pending or key in self._started:
+                return False
+            self._claimed.add(key)
+            self._pending.pop(key).set()
+            return True
+
     def wait(self, key: Hashable, timeout: float | None = None) -> bool:
         """Block until a pending load of `key` has finished; False if it was not pending."""
         with self._lock:
@@ -59,9 +72,19 @@ class ExpertLoader:
 
     def _finish(self, key: Hashable) -> None:
         with self._lock:
+            self._started.discard(key)
             event = self._pending.pop(key, None)
         if event is not None:
             event.set()
+
+    def _start(self, key: Hashable) -> bool:
+        """A stage dequeued `key`: False if the caller claimed it meanwhile."""
+        with self._lock:
+            if key in self._claimed:
+                self._claimed.discard(key)
+                return False
+            self._started.add(key)
+            return True
 
     def _read_stage(self) -> None:
         while True:
@@ -69,6 +92,8 @@ class ExpertLoader:
             if key is _STOP:
                 self._reads.put((_STOP, None))
                 return
+            if not self._start(key):
+                continue
             try:
                 data = self._read(key)
             except BaseException as error:  # surfaced to the caller, which then builds itself
@@ -84,6 +109,8 @@ class ExpertLoader:
             key, data = item if self._read else (item, None)
             if key is _STOP:
                 return
+            if not self._read and not self._start(key):
+                continue
             try:
                 self._build(key, data)
             except BaseException as error:

@@ -4,8 +4,9 @@ Each expert's six arrays are views of `experts.bin`; building a session prepacks
 sessions live in an `ExpertCache` whose byte budget decides how many stay resident. The
 pre-attention router calls `prefetch` with the experts a layer is about to need, and the
 `ExpertLoader` threads read and build the missing ones while attention runs (reading the next
-while building one, through a small pool of read buffers); `session` waits only for a load
-still in flight, and builds on the spot what nobody asked for in time.
+while building one, through a small pool of read buffers). `session` builds on the spot what
+the loader has not started, and while the loader builds, builds the layer's other queued
+experts: on two cores, two builds at a time.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class ExpertStore:
         self._trim_every = trim_slack(self.charge)
         self.cache = ExpertCache(budget_bytes)
         self._local = threading.local()
+        self._layer_keys: list[tuple[int, int]] = []  # the experts the current layer asked for
         self._read_buffers: queue.Queue = queue.Queue()  # one being read, one queued, one being built
         for _ in range(3):
             self._read_buffers.put(np.empty(bundle.expert_stride, np.uint8))
@@ -63,12 +65,17 @@ class ExpertStore:
         return session
 
     def _insert(self, key: tuple[int, int], session: ort.InferenceSession) -> None:
-        evicted = self.cache.put(key, session, self.charge)
-        if evicted:
-            self._freed_since_trim += len(evicted) * self.charge
-            if self._freed_since_trim >= self._trim_every:
-                self._freed_since_trim = 0
-                trim_heap()  # glibc keeps freed sessions' memory otherwise
+        self._freed(self.cache.put(key, session, self.charge))
+
+    def set_budget(self, budget_bytes: int | None) -> None:
+        """Resize the cache (the KV cache took or gave back room), evicting what no longer fits."""
+        self._freed(self.cache.set_budget(budget_bytes), trim_now=True)
+
+    def _freed(self, evicted: list, trim_now: bool = False) -> None:
+        self._freed_since_trim += len(evicted) * self.charge
+        if evicted and (trim_now or self._freed_since_trim >= self._trim_every):
+            self._freed_since_trim = 0
+            trim_heap()  # glibc keeps freed sessions' memory otherwise
 
     def _read(self, key: tuple[int, int]):
         """The loader's I/O stage: the expert's bytes in a pooled buffer (None if resident)."""
@@ -95,21 +102,40 @@ class ExpertStore:
     def session(self, layer: int, expert: int) -> ort.InferenceSession:
         key = (layer, expert)
         session = self.cache.get(key, count=False)  # hits and misses are counted by `prefetch`
-        if session is None:  # not resident (yet): wait for the loader, or build it here
+        if session is None:  # not resident (yet)
             started = time.perf_counter()
-            if self.loader.wait(key):
-                session = self.cache.get(key, count=False)
-            if session is None:
-                session = self._build(layer, expert)
-                self._insert(key, session)
+            session = self._obtain(key)
             self.cache.stats.stall_seconds += time.perf_counter() - started
         return session
 
+    def _obtain(self, key: tuple[int, int]) -> ort.InferenceSession:
+        """Build `key` here if the loader has not started it; while the loader builds it, build
+        another of the layer's queued experts (latest first) rather than wait idle."""
+        while not self.loader.claim(key):
+            if any(self._build_claimed(other) for other in reversed(self._layer_keys) if other != key):
+                continue
+            self.loader.wait(key)
+            session = self.cache.get(key, count=False)
+            if session is not None:
+                return session
+            break  # the load failed, or nobody was loading it: build it here
+        session = self._build(*key)
+        self._insert(key, session)
+        return session
+
+    def _build_claimed(self, key: tuple[int, int]) -> bool:
+        if not self.loader.claim(key):
+            return False
+        self._insert(key, self._build(*key))
+        return True
+
     def prefetch(self, layer: int, experts: np.ndarray) -> None:
         """Experts the router chose for `layer`, known before its attention runs: a hit is an
-        expert already resident now; each miss is handed to the loader thread."""
-        for expert in np.unique(experts):
-            key = (layer, int(expert))
+        expert already resident now; each miss is handed to the loader thread. Until the next
+        layer's call, these experts are not evicted to make room for each other."""
+        keys = self._layer_keys = [(layer, int(expert)) for expert in np.unique(experts)]
+        self.cache.protect(keys)
+        for key in keys:
             if self.cache.get(key) is None:
                 self.loader.request(key)
 

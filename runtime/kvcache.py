@@ -15,6 +15,7 @@ class KVCache:
     def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int):
         self.capacity = capacity
         self.length = 0
+        self.high_water = 0  # positions ever charged to the memory budget (see Model._charge_kv)
         self.tokens: list[int] = []  # the ids whose keys/values are held, in order
         shape = (1, num_kv_heads, capacity, head_dim)  # [1, nKV, L, D]
         self.keys = [np.zeros(shape, np.float32) for _ in range(num_layers)]

@@ -19,6 +19,7 @@ import psutil
 
 EXPERT_SESSION_FACTOR = 1.4        # resident bytes per raw Q4 byte of an expert session...
 EXPERT_SESSION_FIXED = 300 << 10   # ...plus this per session (graph, kernels, plans)
+HEADROOM_FLOOR = 80 << 20        # the least of the budget kept free of accounted memory
 DEFAULT_SHARE = 0.75  # of the memory available at start, when no budget is given
 
 _libc = None
@@ -73,13 +74,14 @@ def expert_charge(raw_bytes: int) -> int:
 def allocator_headroom(budget: int) -> int:
     """Room for what the expert accounting does not see (allocator fragmentation, ONNX Runtime
     scratch while sessions are built and run): a full-size 4B run under 1 GiB peaked 69 MiB
-    above its accounting, so 8% of the budget, at least 16 MiB, is kept free."""
-    return max(16 << 20, budget * 8 // 100)
+    above its accounting, while the 21B under 8 GiB peaked 140 MiB below it, so 80 MiB or 4%
+    of the budget, whichever is more, is kept free."""
+    return max(HEADROOM_FLOOR, budget * 4 // 100)
 
 
 def minimum_with_headroom(needed: int) -> int:
     """The smallest budget B with B - allocator_headroom(B) >= needed."""
-    return max(needed + (16 << 20), -(-needed * 100 // 92))
+    return max(needed + HEADROOM_FLOOR, -(-needed * 100 // 96))
 
 
 def trim_slack(charge: int) -> int:

@@ -8,6 +8,7 @@ Routing is known before attention runs, which is what lets experts be fetched ea
 """
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from .sessions import init_thread_pool, initializer_names, make_session
 from .template import DEFAULT_CHATML
 
 DEFAULT_CONTEXT = 4096
+KV_GRANULE = 256  # positions: a KV cache is charged to the memory budget in steps of this many
 
 
 def rope_tables(positions: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -66,6 +68,7 @@ class Model:
         self.head = make_session(self._graph("head"), head_weights)
         bundle.release_pages()
         trim_heap()
+        self._kv_caches: weakref.WeakSet[KVCache] = weakref.WeakSet()  # live ones, charged as they fill
         self.experts = ExpertStore(bundle, self._graph("expert"), self._expert_budget(self.memory_budget))
         self.decode_buffers = DecodeBuffers(cfg.hidden_size, cfg.num_experts)
 
@@ -78,16 +81,21 @@ class Model:
         """Static estimate of the always-resident part (dense weights + full KV cache), from file sizes."""
         return (self.bundle.path / "dense.bin").stat().st_size + self.kv_bytes()
 
-    def kv_bytes(self) -> int:
+    def kv_bytes(self, positions: int | None = None) -> int:
+        """Bytes of a KV cache holding `positions` (default: the full context)."""
         cfg = self.config
-        return 2 * cfg.num_layers * cfg.num_kv_heads * self.max_context * cfg.head_dim * 4
+        positions = self.max_context if positions is None else positions
+        return 2 * cfg.num_layers * cfg.num_kv_heads * positions * cfg.head_dim * 4
 
     def _expert_budget(self, memory_budget: int | None) -> int | None:
         """Bytes left for expert sessions; refuses a budget below one layer's working set."""
         charge = expert_charge(sum(a.nbytes for a in self.bundle.expert(0, 0).values()))
-        # measured: everything resident now (interpreter, libraries, dense sessions) + a full KV
-        # cache; then headroom for memory freed but not yet trimmed and two builds in flight
-        self.measured_resident = process_rss() + self.kv_bytes() + trim_slack(charge) + 2 * charge
+        # measured: everything resident now (interpreter, libraries, dense sessions); then headroom
+        # for memory freed but not yet trimmed and two builds in flight. The minimum counts a full
+        # KV cache, so any accepted budget can fill the context.
+        resident_without_kv = process_rss() + trim_slack(charge) + 2 * charge
+        self.measured_resident = resident_without_kv + self.kv_bytes()
+        self._room_for_experts_and_kv = None
         working_set = self.measured_resident + self.config.num_experts_per_tok * charge
         self.minimum_budget = minimum_with_headroom(working_set)
         if memory_budget is None:
@@ -97,7 +105,20 @@ class Model:
                 f"memory budget of {format_bytes(memory_budget)} is too small for this model: it needs at least "
                 f"{format_bytes(self.minimum_budget)} ({format_bytes(self.measured_resident)} always resident "
                 f"+ {self.config.num_experts_per_tok} experts of {format_bytes(charge)} + allocator headroom)")
-        return memory_budget - allocator_headroom(memory_budget) - self.measured_resident
+        self._room_for_experts_and_kv = memory_budget - allocator_headroom(memory_budget) - resident_without_kv
+        return self._room_for_experts_and_kv  # no KV cache written yet
+
+    def _charge_kv(self, cache: KVCache, positions: int) -> None:
+        """Pay for a KV cache as it fills. Its buffers are allocated zeroed and untouched pages
+        cost no RAM, so until a conversation grows long the experts may use that room (the
+        4B's full 4096-token cache is 268 MB, a quarter of a 1 GiB budget). Written pages stay
+        resident after a trim, so each live cache is charged its high-water mark."""
+        if positions <= cache.high_water:
+            return
+        cache.high_water = min(cache.capacity, -(-positions // KV_GRANULE) * KV_GRANULE)
+        if self._room_for_experts_and_kv is not None:
+            kv_in_use = sum(self.kv_bytes(c.high_water) for c in self._kv_caches)
+            self.experts.set_budget(self._room_for_experts_and_kv - kv_in_use)
 
     def _graph(self, name: str) -> bytes:
         graph = self.bundle.graph(name)
@@ -110,7 +131,9 @@ class Model:
     def new_cache(self, capacity: int | None = None) -> KVCache:
         cfg = self.config
         capacity = min(capacity or self.max_context, self.max_context)
-        return KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity)
+        cache = KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity)
+        self._kv_caches.add(cache)
+        return cache
 
     # -- forward --------------------------------------------------------------------------
     def embed(self, token_ids: np.ndarray) -> np.ndarray:
@@ -182,6 +205,7 @@ class Model:
             raise ValueError("token id out of range")
         outputs = []
         for start in range(0, len(ids), chunk_size):
+            self._charge_kv(cache, cache.length + len(ids[start:start + chunk_size]))
             x = self._forward_chunk(ids[start:start + chunk_size], cache)
             if all_logits:
                 outputs.append(self.head_logits(x))

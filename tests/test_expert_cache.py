@@ -1,14 +1,15 @@
-"""The expert LRU: byte budgets, eviction order, stats; and a budget that evicts every token."""
+"""The expert cache: byte budgets, eviction order, stats; and a budget that evicts every token."""
 import numpy as np
 import pytest
 
 import runtime
 from model_fixtures import bundle, prompt_ids
 from runtime.errors import BudgetTooSmall
-from runtime.expert_cache import ExpertCache
+from runtime.model import KV_GRANULE
+from runtime.expert_cache import AGING_PERIOD, ExpertCache
 
 
-def test_lru_evicts_least_recently_used_within_budget():
+def test_evicts_the_least_asked_for_and_the_least_recent_among_equals():
     cache = ExpertCache(budget_bytes=300)
     assert cache.put("a", 1, 100) == [] and cache.put("b", 2, 100) == [] and cache.put("c", 3, 100) == []
     assert cache.get("a") == 1           # a is now the most recent
@@ -52,20 +53,36 @@ def test_use_counts_age_so_old_favourites_can_leave():
         return cache
 
     assert cache_after(0).put("c", 3, 100) == ["b"]              # 5 uses beat 1
-    assert cache_after(16 * 64 * 3).put("c", 3, 100) == ["old"]  # halved three times: 5 -> 0
+    assert cache_after(AGING_PERIOD * 64 * 3).put("c", 3, 100) == ["old"]  # halved thrice: 5 -> 0
+
+
+def test_a_layer_about_to_run_keeps_its_experts_and_the_budget_can_shrink():
+    cache = ExpertCache(budget_bytes=300)
+    for _ in range(3):
+        cache.get("hot")
+    cache.put("hot", 0, 100)
+    cache.protect(["a", "b"])            # the current layer runs a and b, both new
+    cache.get("a"), cache.put("a", 1, 100)
+    cache.get("b"), cache.put("b", 2, 100)
+    assert cache.put("c", 3, 100) == ["hot"]   # a and b are asked for less, but about to run
+    cache.protect(["c"])
+    assert cache.set_budget(100) == ["a", "b"] and cache.resident() == ["c"] and cache.used == 100
+    cache.protect(["d"])                  # everything resident is protected: the oldest goes anyway
+    cache.protect(["c", "d"])
+    assert cache.put("d", 4, 100) == ["c"] and cache.used <= cache.budget
 
 
 @pytest.mark.parametrize("layout", ["4b", "21b"])
 def test_logits_identical_with_evictions_on_every_token(layout):
     path = bundle(layout)
     unlimited = runtime.load(path, accuracy_level=0)
-    tight = runtime.load(path, accuracy_level=0, memory_budget=10 * 2**30)
-    # room for one token's experts of one layer, never more: every token evicts
-    tight.experts.cache.budget = tight.config.num_experts_per_tok * tight.experts.charge
+    tight = runtime.load(path, accuracy_level=0, context=KV_GRANULE)  # token 1 charges the whole KV cache
     ids = prompt_ids()[:24]
     cache_a, cache_b = unlimited.new_cache(), tight.new_cache()
-    for token in ids:  # token by token, so each step swaps the working set
+    for step, token in enumerate(ids):  # token by token, so each step swaps the working set
         np.testing.assert_array_equal(unlimited.prefill([token], cache_a), tight.prefill([token], cache_b))
+        if step == 0:  # room for one token's experts of one layer, never more: every token evicts
+            tight.experts.set_budget(tight.config.num_experts_per_tok * tight.experts.charge)
     stats = tight.experts.cache.stats
     builds = stats.bytes_read // tight.experts.expert_bytes
     distinct = len(stats.hits_by_key.keys() | set(tight.experts.cache.resident()))
@@ -175,3 +192,28 @@ def test_a_failed_read_is_reported_and_not_left_pending():
     loader.wait("x", timeout=5)
     assert not loader.pending("x") and isinstance(loader.errors[0], OSError)
     loader.close()
+
+
+def test_a_queued_load_can_be_claimed_by_the_caller_but_not_one_in_flight():
+    import threading
+
+    from runtime.expert_loader import ExpertLoader
+    started, release, built = threading.Event(), threading.Event(), []
+
+    def build(key, _):
+        started.set()
+        release.wait(5)
+        built.append(key)
+
+    loader = ExpertLoader(build)
+    loader.request("a")
+    started.wait(5)                       # "a" is being built
+    loader.request("b")
+    assert not loader.claim("a")          # in flight: the caller must wait for it
+    assert loader.claim("b") and not loader.pending("b") and not loader.claim("b")
+    assert loader.request("b")            # asked for again later: a new load
+    release.set()
+    loader.wait("a", timeout=5)
+    loader.wait("b", timeout=5)
+    loader.close()
+    assert built == ["a", "b"]            # the claimed entry was skipped, the new request built

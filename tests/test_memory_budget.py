@@ -12,7 +12,8 @@ from runtime import synthetic
 
 # Experts large enough to dominate memory (128 experts x ~1 MiB resident), the rest small.
 SMALL = replace(synthetic.TINY_4B_LIKE, hidden_size=512, expert_ffn_size=512, num_layers=8,
-                num_experts=16, num_experts_per_tok=2, num_heads=4, num_kv_heads=2, head_dim=64)
+                num_experts=16, num_experts_per_tok=2, num_heads=4, num_kv_heads=2, head_dim=64,
+                context_length=4096)
 
 CHILD = r"""
 import json, sys
@@ -54,3 +55,34 @@ def test_peak_rss_stays_within_the_budget(small_bundle):
     tight = _run(small_bundle, budget)
     assert tight["evictions"] > 0
     assert tight["peak"] <= budget, f"peak RSS {tight['peak'] / 2**20:.0f} MiB > budget {budget / 2**20:.0f} MiB ({free}, {tight})"
+
+
+KV_CHILD = r"""
+import json, sys
+import numpy as np
+import runtime
+model = runtime.load(sys.argv[1], memory_budget=int(sys.argv[2]), context=4096)
+cache = model.new_cache()
+rng = np.random.default_rng(0)
+model.prefill(rng.integers(0, 500, 64).tolist(), cache)
+short = model.experts.cache.budget
+model.prefill(rng.integers(0, 500, 3000).tolist(), cache)
+peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"peak": peak, "short": short, "long": model.experts.cache.budget,
+                  "kv_full": model.kv_bytes(), "kv_short": model.kv_bytes(256), "kv_long": model.kv_bytes(3072),
+                  "minimum": model.minimum_budget, "charge": model.experts.charge}))
+"""
+
+
+def test_the_kv_cache_is_paid_for_as_it_fills_and_the_peak_stays_within_the_budget(small_bundle):
+    probe = json.loads(subprocess.run([sys.executable, "-c", KV_CHILD, str(small_bundle), str(2**40)], check=True,
+                                      capture_output=True, text=True, timeout=300).stdout)
+    assert probe["kv_full"] > 16 * probe["charge"], "the KV cache must matter next to the experts"
+    budget = probe["minimum"] + 24 * 2**20
+    run = json.loads(subprocess.run([sys.executable, "-c", KV_CHILD, str(small_bundle), str(budget)], check=True,
+                                    capture_output=True, text=True, timeout=300).stdout)
+    # a short conversation lends the experts what the full KV cache would take...
+    assert run["short"] - run["long"] == run["kv_long"] - run["kv_short"]
+    assert run["short"] > 24 * 2**20 + run["kv_full"] - run["kv_short"] - 32 * 2**20
+    # ...and gives it back as it grows, within the budget
+    assert run["peak"] <= budget, f"peak RSS {run['peak'] / 2**20:.0f} MiB > budget {budget / 2**20:.0f} MiB ({run})"
