@@ -56,6 +56,7 @@ def measure(bundle: str, memory: int | None, threads: int | None, prompt_tokens:
         "read_per_token": (stats.bytes_read - before[2]) / gen_tokens / 2**20,
         "stall_per_token": (stats.stall_seconds - before[3]) / gen_tokens * 1e3,
         "minimum_budget": model.minimum_budget,
+        "always_resident": model.measured_resident,  # dense sessions, runtime, a full KV cache
         "threads": model.threads,
     }
     model.close()

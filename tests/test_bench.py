@@ -22,10 +22,11 @@ def test_bench_json_on_a_model(stchat_home):
     result = json.loads(out.stdout)
     assert result["runs"] == 2 and len(result["per_run"]) == 2
     for key in ("load_seconds", "ttft_seconds", "prefill_tps", "decode_tps", "peak_rss", "hit_rate",
-                "read_per_token", "stall_per_token", "minimum_budget"):
+                "read_per_token", "stall_per_token", "minimum_budget", "always_resident"):
         assert key in result, key
     assert result["prefill_tps"] > 0 and result["decode_tps"] > 0 and result["peak_rss"] > 20
     assert 0.0 <= result["hit_rate"] <= 1.0
+    assert 0 < result["always_resident"] < result["minimum_budget"]
     assert "run 1/2" in out.stderr
 
 
@@ -33,6 +34,7 @@ def test_bench_table_and_tight_budget(stchat_home):
     out = _stchat("bench", "-m", str(bundle("4b")), "--runs", "1", "--prompt-tokens", "8", "--gen-tokens", "2")
     assert out.returncode == 0, out.stderr
     assert "decode" in out.stdout and "tok/s" in out.stdout and "peak RSS" in out.stdout
+    assert "always resident" in out.stdout and "smallest budget accepted" in out.stdout
     small = _stchat("bench", "-m", str(bundle("4b")), "--runs", "1", "--memory", "16MiB")
     assert small.returncode == 1 and "too small" in small.stderr and "needs at least" in small.stderr
 
