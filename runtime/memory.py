@@ -3,10 +3,10 @@
 The budget given to `load(memory_budget=...)` bounds the whole process's resident set (RSS).
 Its always-resident part is measured, not estimated: the RSS once the attention and head
 sessions exist and the bundle's mapped pages are released. The KV cache is charged as it
-fills (`Model._charge_kv`); the minimum budget counts it full. Each expert session is charged `expert_charge(raw Q4 bytes)`: ONNX Runtime's
-prepacked copy plus the session itself, measured after `malloc_trim` at 1.43x raw on the
-full 4B shapes (2.1 MiB raw) and 2.0x on a 0.47 MiB test expert, i.e. about 1.35x raw plus
-a fixed 250 KiB. Freed sessions are handed back to the OS with `malloc_trim`, because glibc
+fills (`Model._charge_kv`); the minimum budget counts it full. Each expert session is charged
+`expert_charge(raw Q4 bytes)`: ONNX Runtime's prepacked copy plus the session itself,
+measured after `malloc_trim` at 1.43x raw on the full 4B shapes (2.1 MiB raw) and 2.0x on a
+0.47 MiB test expert, i.e. about 1.35x raw plus a fixed 250 KiB. Freed sessions are handed back to the OS with `malloc_trim`, because glibc
 otherwise keeps freed memory and RSS drifts far above the live set.
 """
 from __future__ import annotations
