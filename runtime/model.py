@@ -56,17 +56,22 @@ class Model:
         self.rope_cos, self.rope_sin = rope_tables(self.max_context, cfg.head_dim, cfg.rope_theta)
         self._rope_values = (ort.OrtValue.ortvalue_from_numpy(self.rope_cos),
                              ort.OrtValue.ortvalue_from_numpy(self.rope_sin))
-        self.embed_qweight = bundle.tensor("embed_tokens.qweight")  # [V, H/32, 16]
-        self.embed_scales = bundle.tensor("embed_tokens.scales")    # [V, H/32]
         self.routers = [np.ascontiguousarray(bundle.tensor(f"layers.{i}/router.weight").T)  # [H, E]
                         for i in range(cfg.num_layers)]
-        self.attention = [self._session(f"layers.{i}.attention") for i in range(cfg.num_layers)]
+        # The head first, while little else is resident: prepacking it briefly holds its mapped
+        # Q4 weights, the prepacked copy and scratch. The mapped pages are dropped after each
+        # session, so the load peaks below what the model then keeps.
         head_weights = {"norm.weight": bundle.tensor("norm.weight")}
         head_source = "lm_head" if bundle.has_tensor("lm_head.qweight") else "embed_tokens"
         head_weights["lm_head.qweight"] = bundle.tensor(f"{head_source}.qweight")
         head_weights["lm_head.scales"] = bundle.tensor(f"{head_source}.scales")
         self.head = make_session(self._graph("head"), head_weights)
         bundle.release_pages()
+        trim_heap()
+        self.attention = []
+        for layer in range(cfg.num_layers):
+            self.attention.append(self._session(f"layers.{layer}.attention"))
+            bundle.release_pages()
         trim_heap()
         self._kv_caches: weakref.WeakSet[KVCache] = weakref.WeakSet()  # live ones, charged as they fill
         self.experts = ExpertStore(bundle, self._graph("expert"), self._expert_budget(self.memory_budget))
@@ -138,7 +143,8 @@ class Model:
     # -- forward --------------------------------------------------------------------------
     def embed(self, token_ids: np.ndarray) -> np.ndarray:
         """[S] ids -> [1, S, H] float32 rows of the dequantized embedding."""
-        return q4.dequantize(self.embed_qweight[token_ids], self.embed_scales[token_ids])[None]
+        read = self.bundle.read_rows
+        return q4.dequantize(read("embed_tokens.qweight", token_ids), read("embed_tokens.scales", token_ids))[None]
 
     def route(self, layer: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """x [S, H] -> (experts [S, A] int, weights [S, A] float32)."""
