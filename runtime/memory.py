@@ -73,9 +73,10 @@ def expert_charge(raw_bytes: int) -> int:
 
 def allocator_headroom(budget: int) -> int:
     """Room for what the expert accounting does not see (allocator fragmentation, ONNX Runtime
-    scratch while sessions are built and run): a full-size 4B run under 1 GiB peaked 69 MiB
-    above its accounting, while the 21B under 8 GiB peaked 140 MiB below it, so 80 MiB or 4%
-    of the budget, whichever is more, is kept free."""
+    scratch while sessions are built and run): full-size runs peaked 8-11 MiB below their
+    accounting for the 4B under 1 GiB and ~190 MiB below for the 21B under 8 GiB (69 MiB above
+    for the 4B, before embedding rows were read with pread), so 80 MiB or 4% of the budget,
+    whichever is more, is kept free."""
     return max(HEADROOM_FLOOR, budget * 4 // 100)
 
 
