@@ -59,8 +59,8 @@ class Model:
         self.routers = [np.ascontiguousarray(bundle.tensor(f"layers.{i}/router.weight").T)  # [H, E]
                         for i in range(cfg.num_layers)]
         # The head first, while little else is resident: prepacking it briefly holds its mapped
-        # Q4 weights, the prepacked copy and scratch. The mapped pages are dropped after each
-        # session, so the load peaks below what the model then keeps.
+        # Q4 weights, the prepacked copy and scratch. Mapped pages are dropped after each session,
+        # so the load peaks below the minimum budget (full-size 4B: 605 MiB, minimum ~630).
         head_weights = {"norm.weight": bundle.tensor("norm.weight")}
         head_source = "lm_head" if bundle.has_tensor("lm_head.qweight") else "embed_tokens"
         head_weights["lm_head.qweight"] = bundle.tensor(f"{head_source}.qweight")
