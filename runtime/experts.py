@@ -47,8 +47,11 @@ class ExpertStore:
             buffer = self._local.buffer = np.empty(self.bundle.expert_stride, np.uint8)
         return buffer
 
-    def _build(self, layer: int, expert: int) -> ort.InferenceSession:
-        return self._session_from(self._read_into((layer, expert), self._scratch()))
+    def _build_here(self, key: tuple[int, int]) -> ort.InferenceSession:
+        """Read and build `key` on the calling thread, and cache it."""
+        session = self._session_from(self._read_into(key, self._scratch()))
+        self._insert(key, session)
+        return session
 
     def _read_into(self, key: tuple[int, int], buffer: np.ndarray) -> dict[str, np.ndarray]:
         started = time.perf_counter()
@@ -119,14 +122,12 @@ class ExpertStore:
             if session is not None:
                 return session
             break  # the load failed, or nobody was loading it: build it here
-        session = self._build(*key)
-        self._insert(key, session)
-        return session
+        return self._build_here(key)
 
     def _build_claimed(self, key: tuple[int, int]) -> bool:
         if not self.loader.claim(key):
             return False
-        self._insert(key, self._build(*key))
+        self._build_here(key)
         return True
 
     def prefetch(self, layer: int, experts: np.ndarray) -> None:

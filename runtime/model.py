@@ -93,7 +93,8 @@ class Model:
         return 2 * cfg.num_layers * cfg.num_kv_heads * positions * cfg.head_dim * 4
 
     def _expert_budget(self, memory_budget: int | None) -> int | None:
-        """Bytes left for expert sessions; refuses a budget below one layer's working set."""
+        """Bytes left for expert sessions and the KV cache as it fills; refuses a budget below one
+        layer's working set with a full KV cache."""
         charge = expert_charge(sum(a.nbytes for a in self.bundle.expert(0, 0).values()))
         # measured: everything resident now (interpreter, libraries, dense sessions); then headroom
         # for memory freed but not yet trimmed and two builds in flight. The minimum counts a full

@@ -29,16 +29,15 @@ for _ in range(3):   # every expert of every layer, again and again
     cache.trim(0)
     model.prefill(rng.integers(0, 500, 96).tolist(), cache, chunk_size=8)
 stats = model.experts.cache.stats
-# VmHWM: this process's own peak RSS (ru_maxrss would inherit the forking parent's peak)
-peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-print(json.dumps({"peak": peak,
+from stchat.bench_child import peak_rss  # VmHWM: this process's own peak, not the parent's
+print(json.dumps({"peak": peak_rss(),
                   "minimum": model.minimum_budget, "evictions": stats.evictions,
                   "resident_experts": len(model.experts.cache)}))
 """
 
 
-def _run(bundle: Path, budget) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(bundle), str(budget)], check=True,
+def _run(bundle: Path, budget, child: str = CHILD) -> dict:
+    out = subprocess.run([sys.executable, "-c", child, str(bundle), str(budget)], check=True,
                          capture_output=True, text=True, timeout=300)
     return json.loads(out.stdout)
 
@@ -69,8 +68,8 @@ rng = np.random.default_rng(0)
 model.prefill(rng.integers(0, 500, 64).tolist(), cache)
 short = model.experts.cache.budget
 model.prefill(rng.integers(0, 500, 3000).tolist(), cache)
-peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-print(json.dumps({"peak": peak, "short": short, "long": model.experts.cache.budget,
+from stchat.bench_child import peak_rss
+print(json.dumps({"peak": peak_rss(), "short": short, "long": model.experts.cache.budget,
                   "kv_full": model.kv_bytes(), "kv_short": model.kv_bytes(256), "kv_long": model.kv_bytes(3072),
                   "minimum": model.minimum_budget, "charge": model.experts.charge,
                   "resident": model.measured_resident}))
@@ -78,12 +77,10 @@ print(json.dumps({"peak": peak, "short": short, "long": model.experts.cache.budg
 
 
 def test_the_kv_cache_is_paid_for_as_it_fills_and_the_peak_stays_within_the_budget(small_bundle):
-    probe = json.loads(subprocess.run([sys.executable, "-c", KV_CHILD, str(small_bundle), str(2**40)], check=True,
-                                      capture_output=True, text=True, timeout=300).stdout)
+    probe = _run(small_bundle, 2**40, KV_CHILD)
     assert probe["kv_full"] > 16 * probe["charge"], "the KV cache must matter next to the experts"
     budget = probe["minimum"] + 24 * 2**20
-    run = json.loads(subprocess.run([sys.executable, "-c", KV_CHILD, str(small_bundle), str(budget)], check=True,
-                                    capture_output=True, text=True, timeout=300).stdout)
+    run = _run(small_bundle, budget, KV_CHILD)
     # a short conversation lends the experts what the full KV cache would take...
     assert run["short"] - run["long"] == run["kv_long"] - run["kv_short"]
     without_kv_lent = budget - allocator_headroom(budget) - run["resident"]  # a full KV cache reserved
