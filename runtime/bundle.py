@@ -18,9 +18,11 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import BundleError
+from .quant import Q4_0, QuantFormat
 
 FORMAT = "stchat-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: matrices in several formats (manifest "matrices", expert layouts per layer)
+READABLE_VERSIONS = (1, 2)  # 1: every matrix Q4_0, one expert layout
 ALIGN = 4096
 EXPERT_ARRAYS = ("gate", "up", "down")
 
@@ -29,14 +31,21 @@ def _align(offset: int) -> int:
     return (offset + ALIGN - 1) // ALIGN * ALIGN
 
 
-def expert_layout(cfg: ModelConfig) -> tuple[dict, int]:
-    """Offsets of an expert's six arrays inside its record, and the record stride."""
+def expert_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
     H, F = cfg.hidden_size, cfg.expert_ffn_size
-    shapes = {"gate": (F, H), "up": (F, H), "down": (H, F)}  # [out, in]
+    return {"gate": (F, H), "up": (F, H), "down": (H, F)}  # [out, in]
+
+
+def layout_key(formats: dict[str, QuantFormat]) -> str:
+    """Name of an expert layout: its matrices' formats, e.g. `q4b32-q4b32-q8b16` (gate-up-down)."""
+    return "-".join(formats[m].name for m in EXPERT_ARRAYS)
+
+
+def expert_layout(cfg: ModelConfig, formats: dict[str, QuantFormat]) -> tuple[dict, int]:
+    """Offsets of an expert's arrays inside its record, and the bytes the record uses."""
     layout, offset = {}, 0
-    for matrix in EXPERT_ARRAYS:
-        n, k = shapes[matrix]
-        for suffix, dtype, shape in (("qweight", "uint8", [n, k // 32, 16]), ("scales", "float32", [n, k // 32])):
+    for matrix, (n, k) in expert_shapes(cfg).items():
+        for suffix, (dtype, shape) in formats[matrix].arrays(n, k).items():
             layout[f"{matrix}.{suffix}"] = {"offset": offset, "dtype": dtype, "shape": shape}
             offset = _align(offset + int(np.prod(shape)) * np.dtype(dtype).itemsize)
     return layout, offset
@@ -51,15 +60,25 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
 
 
 class BundleWriter:
-    """Fills a fresh directory; `finish` writes the manifest last, so its presence means complete."""
+    """Fills a fresh directory; `finish` writes the manifest last, so its presence means complete.
+    `expert_formats[layer]` gives that layer's expert matrices' formats (all Q4_0 by default)."""
 
-    def __init__(self, path: Path, config: ModelConfig):
+    def __init__(self, path: Path, config: ModelConfig, expert_formats: list[dict[str, QuantFormat]] | None = None):
         self.path, self.config = Path(path), config
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "graphs").mkdir(exist_ok=True)
         self.tensors: dict[str, dict] = {}
+        self.matrices: dict[str, dict] = {}
         self._dense = open(self.path / "dense.bin", "wb")
-        self.expert_layout, self.expert_stride = expert_layout(config)
+        expert_formats = expert_formats or [dict.fromkeys(EXPERT_ARRAYS, Q4_0)] * config.num_layers
+        self.layer_layouts = [layout_key(f) for f in expert_formats]
+        self.layouts = {}
+        for formats in expert_formats:
+            arrays, size = expert_layout(config, formats)
+            self.layouts[layout_key(formats)] = {"formats": {m: f.name for m, f in formats.items()},
+                                                 "arrays": arrays, "size": size,
+                                                 "graph": f"expert.{layout_key(formats)}"}
+        self.expert_stride = max(layout["size"] for layout in self.layouts.values())
         self._experts = open(self.path / "experts.bin", "wb")
         self._experts.truncate(config.num_layers * config.num_experts * self.expert_stride)
         self._experts_written: set[tuple[int, int]] = set()
@@ -72,19 +91,27 @@ class BundleWriter:
         self._dense.write(array.tobytes())
         self.tensors[name] = {"offset": offset, "dtype": array.dtype.name, "shape": list(array.shape)}
 
-    def add_q4(self, name: str, qweight: np.ndarray, scales: np.ndarray) -> None:
-        self.add_tensor(f"{name}.qweight", qweight)
-        self.add_tensor(f"{name}.scales", scales)
+    def add_matrix(self, name: str, fmt: QuantFormat, arrays: dict[str, np.ndarray], source_type: str) -> None:
+        """A dense matrix's arrays (`name.qweight`, `name.scales`...) and its format."""
+        for suffix, array in arrays.items():
+            self.add_tensor(f"{name}.{suffix}", array)
+        n, blocks = arrays["scales"].shape
+        self.matrices[name] = {"format": fmt.name, "source_type": source_type, "shape": [n, blocks * fmt.block],
+                               "bytes": sum(a.nbytes for a in arrays.values())}
 
-    def add_expert(self, layer: int, expert: int, matrices: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        """matrices: {"gate"|"up"|"down": (qweight, scales)} in bundle layout."""
+    def matrix_format(self, name: str) -> QuantFormat:
+        return QuantFormat.parse(self.matrices[name]["format"])
+
+    def add_expert(self, layer: int, expert: int, matrices: dict[str, tuple[QuantFormat, dict[str, np.ndarray]]]) -> None:
+        """matrices: {"gate"|"up"|"down": (format, arrays)} in the layer's layout."""
         base = (layer * self.config.num_experts + expert) * self.expert_stride
-        for matrix, (qweight, scales) in matrices.items():
-            for suffix, array in (("qweight", qweight), ("scales", scales)):
-                spec = self.expert_layout[f"{matrix}.{suffix}"]
-                if list(array.shape) != spec["shape"] or array.dtype.name != spec["dtype"]:
-                    raise BundleError(f"layers.{layer}/experts.{expert}/{matrix}.{suffix}: "
-                                      f"shape {list(array.shape)} != {spec['shape']}")
+        layout = self.layouts[self.layer_layouts[layer]]["arrays"]
+        for matrix, (fmt, arrays) in matrices.items():
+            for suffix, array in arrays.items():
+                spec = layout.get(f"{matrix}.{suffix}")
+                if spec is None or list(array.shape) != spec["shape"] or array.dtype.name != spec["dtype"]:
+                    raise BundleError(f"layers.{layer}/experts.{expert}/{matrix}.{suffix}: {fmt.name} "
+                                      f"{list(array.shape)} does not match the layer's layout")
                 self._experts.seek(base + spec["offset"])
                 self._experts.write(np.ascontiguousarray(array).tobytes())
         self._experts_written.add((layer, expert))
@@ -111,8 +138,9 @@ class BundleWriter:
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "config": self.config.to_dict(), "source": source,
-            "tensors": self.tensors,
-            "experts": {"file": "experts.bin", "stride": self.expert_stride, "arrays": self.expert_layout},
+            "tensors": self.tensors, "matrices": self.matrices,
+            "experts": {"file": "experts.bin", "stride": self.expert_stride, "layouts": self.layouts,
+                        "layers": self.layer_layouts},
             "graphs": self.graphs,
             "tokenizer": "tokenizer.json", "chat_template": "chat_template.jinja",
             "files": files,
@@ -138,7 +166,7 @@ class Bundle:
             self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise BundleError(f"{manifest_path}: unreadable manifest ({error})") from None
-        if self.manifest.get("format") != FORMAT or self.manifest.get("format_version") != FORMAT_VERSION:
+        if self.manifest.get("format") != FORMAT or self.manifest.get("format_version") not in READABLE_VERSIONS:
             raise BundleError(f"{self.path}: bundle format {self.manifest.get('format_version')!r} "
                               f"is not supported (expected {FORMAT_VERSION}); convert the model again")
         for relative, info in self.manifest["files"].items():
@@ -150,8 +178,37 @@ class Bundle:
         self._experts = np.memmap(self.path / "experts.bin", dtype=np.uint8, mode="r")
         self._experts_fd = os.open(self.path / "experts.bin", os.O_RDONLY)
         self._dense_fd = os.open(self.path / "dense.bin", os.O_RDONLY)
-        self.expert_stride = self.manifest["experts"]["stride"]
-        self.expert_arrays_layout = self.manifest["experts"]["arrays"]
+        experts = self.manifest["experts"]
+        self.expert_stride = experts["stride"]
+        if "layouts" not in experts:  # format 1: every expert Q4_0, graph "expert"
+            key = layout_key(dict.fromkeys(EXPERT_ARRAYS, Q4_0))
+            experts["layouts"] = {key: {"formats": dict.fromkeys(EXPERT_ARRAYS, Q4_0.name),
+                                        "arrays": experts["arrays"], "size": self.expert_stride, "graph": "expert"}}
+            experts["layers"] = [key] * self.config.num_layers
+        self.expert_layouts = experts["layouts"]
+        self.layer_layouts = experts["layers"]
+
+    def matrix_format(self, name: str) -> QuantFormat:
+        """How a dense matrix (`embed_tokens`, `lm_head`, `layers.0/attn/o_proj`...) is stored."""
+        info = self.manifest.get("matrices", {}).get(name)
+        return QuantFormat.parse(info["format"]) if info else Q4_0
+
+    def matrix_arrays(self, name: str) -> dict[str, np.ndarray]:
+        """{"qweight", "scales"[, "mins"]} views of a dense matrix."""
+        fmt = self.matrix_format(name)
+        return {suffix: self.tensor(f"{name}.{suffix}") for suffix in fmt.arrays(1, fmt.block)}
+
+    def expert_formats(self, layer: int) -> dict[str, QuantFormat]:
+        formats = self.expert_layouts[self.layer_layouts[layer]]["formats"]
+        return {matrix: QuantFormat.parse(name) for matrix, name in formats.items()}
+
+    def expert_graph_name(self, layer: int) -> str:
+        key = self.layer_layouts[layer]
+        return self.expert_layouts[key].get("graph", f"expert.{key}")
+
+    def expert_record_bytes(self, layer: int) -> int:
+        """Bytes of one of this layer's expert records that hold data (a read of one expert)."""
+        return self.expert_layouts[self.layer_layouts[layer]]["size"]
 
     @staticmethod
     def _view(buffer: np.ndarray, base: int, spec: dict) -> np.ndarray:
@@ -172,18 +229,22 @@ class Bundle:
     def expert_offset(self, layer: int, expert: int) -> int:
         return (layer * self.config.num_experts + expert) * self.expert_stride
 
+    def _expert_arrays(self, layer: int) -> dict:
+        return self.expert_layouts[self.layer_layouts[layer]]["arrays"]
+
     def expert(self, layer: int, expert: int) -> dict[str, np.ndarray]:
         """{'gate.qweight': ..., 'gate.scales': ..., ...} as views of experts.bin."""
         base = self.expert_offset(layer, expert)
-        return {name: self._view(self._experts, base, spec) for name, spec in self.expert_arrays_layout.items()}
+        return {name: self._view(self._experts, base, spec) for name, spec in self._expert_arrays(layer).items()}
 
     def read_expert(self, layer: int, expert: int, buffer: np.ndarray) -> dict[str, np.ndarray]:
         """Like `expert`, but read with one pread into `buffer` (uint8 [stride]), not mapped:
         the file's pages then never count in this process's resident memory."""
-        got = os.preadv(self._experts_fd, [memoryview(buffer)], self.expert_offset(layer, expert))
-        if got != self.expert_stride:
+        size = self.expert_record_bytes(layer)
+        got = os.preadv(self._experts_fd, [memoryview(buffer[:size])], self.expert_offset(layer, expert))
+        if got != size:
             raise BundleError(f"{self.path / 'experts.bin'}: short read for layers.{layer}/experts.{expert}")
-        return {name: self._view(buffer, 0, spec) for name, spec in self.expert_arrays_layout.items()}
+        return {name: self._view(buffer, 0, spec) for name, spec in self._expert_arrays(layer).items()}
 
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows of a dense tensor ([len(rows), *row shape]), read with pread, not through the

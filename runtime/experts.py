@@ -25,11 +25,26 @@ from .memory import expert_charge, trim_heap, trim_slack
 from .sessions import make_session
 
 
+def layer_charges(bundle: Bundle) -> list[int]:
+    """Resident bytes of one expert session of each layer (layers may store experts differently)."""
+    charges = []
+    for layer in range(bundle.config.num_layers):
+        arrays, formats = bundle.expert(layer, 0), bundle.expert_formats(layer)
+        charges.append(expert_charge([(formats[m], sum(a.nbytes for name, a in arrays.items() if name.startswith(m + ".")))
+                                      for m in formats]))
+    return charges
+
+
 class ExpertStore:
-    def __init__(self, bundle: Bundle, graph: bytes, budget_bytes: int | None = None):
-        self.bundle, self.graph = bundle, graph
-        self.expert_bytes = sum(a.nbytes for a in bundle.expert(0, 0).values())  # raw Q4 bytes
-        self.charge = expert_charge(self.expert_bytes)          # resident bytes per session
+    def __init__(self, bundle: Bundle, graphs: dict[str, bytes], budget_bytes: int | None = None):
+        """`graphs`: expert graph name -> graph bytes (`bundle.expert_graph_name(layer)`)."""
+        self.bundle = bundle
+        self.graphs = [graphs[bundle.expert_graph_name(layer)] for layer in range(bundle.config.num_layers)]
+        self.layer_bytes = [sum(a.nbytes for a in bundle.expert(layer, 0).values())  # raw bytes read per expert
+                            for layer in range(bundle.config.num_layers)]
+        self.expert_bytes = max(self.layer_bytes)
+        self.charges = layer_charges(bundle)          # resident bytes per session, by layer
+        self.charge = max(self.charges)
         self._freed_since_trim = 0
         self._trim_every = trim_slack(self.charge)
         self.cache = ExpertCache(budget_bytes)
@@ -49,7 +64,7 @@ class ExpertStore:
 
     def _build_here(self, key: tuple[int, int]) -> ort.InferenceSession:
         """Read and build `key` on the calling thread, and cache it."""
-        session = self._session_from(self._read_into(key, self._scratch()))
+        session = self._session_from(key, self._read_into(key, self._scratch()))
         self._insert(key, session)
         return session
 
@@ -59,16 +74,20 @@ class ExpertStore:
         self.cache.stats.load_seconds += time.perf_counter() - started
         return arrays
 
-    def _session_from(self, arrays: dict[str, np.ndarray]) -> ort.InferenceSession:
+    def _session_from(self, key: tuple[int, int], arrays: dict[str, np.ndarray]) -> ort.InferenceSession:
         started = time.perf_counter()
-        session = make_session(self.graph, {f"expert/{name}": array for name, array in arrays.items()},
-                               keep_weights=False)
+        # MatMulNBits prepacks codes and scales, so the read buffer can be reused at once; the
+        # small per-block mins feed a plain Gemm, so they get their own copy
+        weights = {f"expert/{name}": np.array(array) if name.endswith(".mins") else array
+                   for name, array in arrays.items()}
+        session = make_session(self.graphs[key[0]], weights, keep_weights=False)
+        session._stchat_mins = [w for name, w in weights.items() if name.endswith(".mins")]
         self.cache.stats.load_seconds += time.perf_counter() - started
-        self.cache.stats.bytes_read += self.expert_bytes
+        self.cache.stats.bytes_read += self.layer_bytes[key[0]]
         return session
 
     def _insert(self, key: tuple[int, int], session: ort.InferenceSession) -> None:
-        self._freed(self.cache.put(key, session, self.charge))
+        self._freed(self.cache.put(key, session, self.charges[key[0]]))
 
     def set_budget(self, budget_bytes: int | None) -> None:
         """Resize the cache (the KV cache took or gave back room), evicting what no longer fits."""
@@ -98,7 +117,7 @@ class ExpertStore:
         buffer, arrays = read
         try:
             if not self.cache.peek(key):
-                self._insert(key, self._session_from(arrays))
+                self._insert(key, self._session_from(key, arrays))
         finally:
             self._read_buffers.put(buffer)  # prepacked: the session never reads it again
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 
 import onnx
-from onnx import TensorProto, helper
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
 from .config import ModelConfig
+from .quant import Q4_0, QuantFormat
 
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-BLOCK = 32
 
 
 def _placeholder(name: str, dtype: int, dims: list[int]) -> TensorProto:
@@ -28,18 +29,46 @@ def _placeholder(name: str, dtype: int, dims: list[int]) -> TensorProto:
     return tensor
 
 
-def _q4_matmul(prefix: str, x: str, out: str, n: int, k: int, accuracy_level: int):
-    """MatMulNBits y[..., n] = x[..., k] @ W^T with W stored as Q4_0 (block 32, zero point 8)."""
-    qweight = _placeholder(f"{prefix}.qweight", TensorProto.UINT8, [n, k // BLOCK, BLOCK // 2])
-    scales = _placeholder(f"{prefix}.scales", TensorProto.FLOAT, [n, k // BLOCK])
-    node = helper.make_node(
-        "MatMulNBits", [x, qweight.name, scales.name], [out], name=f"{prefix}/MatMulNBits",
-        domain="com.microsoft",
-        K=k, N=n,                    # input width, output width
-        bits=4, block_size=BLOCK,     # Q4_0: 32 weights share one scale
+def _inline(name: str, array) -> TensorProto:
+    """A small constant stored in the graph itself (shapes, axes, zero points)."""
+    return numpy_helper.from_array(array, name)
+
+
+def _matmul(prefix: str, x: str, out: str, n: int, k: int, fmt: QuantFormat, accuracy_level: int):
+    """
+    y[..., n] = x[..., k] @ W^T, W stored in `fmt` (runtime/quant.py):
+      symmetric:  MatMulNBits(x; qweight, scales)                    zero point 2^(bits-1)
+      "m":        MatMulNBits(x; qweight, scales, zero points 0)
+                  - Gemm(ReduceSum(x as [rows, k/block, block]), mins, transB)   the per-block mins
+    """
+    inits = [_placeholder(f"{prefix}.{suffix}", TensorProto.UINT8 if dtype == "uint8" else TensorProto.FLOAT, shape)
+             for suffix, (dtype, shape) in fmt.arrays(n, k).items()]
+    blocks = k // fmt.block
+    inputs = [x, inits[0].name, inits[1].name]
+    if fmt.mins:  # explicit zero points of 0: codes are unsigned (packed two per byte at 4 bits)
+        zero = _inline(f"{prefix}.zero_points", np.zeros((n, -(-blocks * fmt.bits // 8)), np.uint8))
+        inits.append(zero)
+        inputs.append(zero.name)
+    product = f"{out}.codes" if fmt.mins else out
+    nodes = [helper.make_node(
+        "MatMulNBits", inputs, [product], name=f"{prefix}/MatMulNBits", domain="com.microsoft",
+        K=k, N=n,                       # input width, output width
+        bits=fmt.bits, block_size=fmt.block,  # weights sharing one scale
         accuracy_level=accuracy_level,  # 4: int8 activations (fast), 0: fp32 (exact)
-    )
-    return node, [qweight, scales]
+    )]
+    if fmt.mins:
+        shape = _inline(f"{prefix}.block_shape", np.array([-1, blocks, fmt.block], np.int64))
+        axes = _inline(f"{prefix}.block_axes", np.array([-1], np.int64))
+        inits += [shape, axes]
+        nodes += [
+            helper.make_node("Reshape", [x, shape.name], [f"{prefix}.x_blocks"], name=f"{prefix}/Reshape"),
+            helper.make_node("ReduceSum", [f"{prefix}.x_blocks", axes.name], [f"{prefix}.x_sums"],
+                             name=f"{prefix}/ReduceSum", keepdims=0),          # [rows, k/block]
+            helper.make_node("Gemm", [f"{prefix}.x_sums", inits[2].name], [f"{prefix}.min_term"],
+                             name=f"{prefix}/Gemm", transB=1),                 # [rows, n]
+            helper.make_node("Sub", [product, f"{prefix}.min_term"], [out], name=f"{prefix}/Sub"),
+        ]
+    return nodes, inits
 
 
 def _rms_norm(prefix: str, x: str, out: str, hidden: int, eps: float):
@@ -66,21 +95,40 @@ def _model(nodes, inits, inputs, outputs, name: str) -> bytes:
     return helper.make_model(graph, opset_imports=OPSETS, producer_name="stchat").SerializeToString()
 
 
-def attention_graph(cfg: ModelConfig, layer: int, accuracy_level: int = 4) -> bytes:
+def _add(nodes: list, inits: list, part) -> None:
+    """Append a builder's (node or nodes, initializers) to a graph under construction."""
+    built, tensors = part
+    nodes.extend(built if isinstance(built, list) else [built])
+    inits.extend(tensors)
+
+
+def _qkv(p: str, cfg: ModelConfig, formats: dict, accuracy_level: int):
+    """attn_in -> qkv [1, S, (nH + 2 nKV) * D]: one matmul when q, k and v share a format (their
+    rows stacked as `attn/qkv`), else three (a Q4_0 file may keep k and v in Q8_0) and a Concat."""
+    H, D = cfg.hidden_size, cfg.head_dim
+    widths = {"q_proj": cfg.num_heads * D, "k_proj": cfg.num_kv_heads * D, "v_proj": cfg.num_kv_heads * D}
+    if "qkv" in formats:
+        return _matmul(f"{p}/attn/qkv", "attn_in", "qkv", sum(widths.values()), H, formats["qkv"], accuracy_level)
+    nodes, inits = [], []
+    for name, width in widths.items():
+        _add(nodes, inits, _matmul(f"{p}/attn/{name}", "attn_in", name, width, H, formats[name], accuracy_level))
+    nodes.append(helper.make_node("Concat", list(widths), ["qkv"], name=f"{p}/attn/Concat", axis=-1))
+    return nodes, inits
+
+
+def attention_graph(cfg: ModelConfig, layer: int, accuracy_level: int = 4, formats: dict | None = None) -> bytes:
     """
-    hidden[1,S,H] -> RMSNorm -> qkv MatMulNBits -> GroupQueryAttention(kv cache in place)
-                  -> o_proj MatMulNBits -> + hidden = hidden_out -> RMSNorm -> normed
+    hidden[1,S,H] -> RMSNorm -> qkv matmul(s) -> GroupQueryAttention(kv cache in place)
+                  -> o_proj matmul -> + hidden = hidden_out -> RMSNorm -> normed
+    `formats`: {"qkv" or "q_proj"/"k_proj"/"v_proj", "o_proj"} -> QuantFormat (default Q4_0).
     """
+    formats = formats or {"qkv": Q4_0, "o_proj": Q4_0}
     p = f"layers.{layer}"
     H, D = cfg.hidden_size, cfg.head_dim
-    q_width, qkv_width = cfg.num_heads * D, (cfg.num_heads + 2 * cfg.num_kv_heads) * D
+    q_width = cfg.num_heads * D
     nodes, inits = [], []
-    for node, tensors in (
-        _rms_norm(f"{p}/input_layernorm", "hidden", "attn_in", H, cfg.rms_norm_eps),
-        _q4_matmul(f"{p}/attn/qkv", "attn_in", "qkv", qkv_width, H, accuracy_level),
-    ):
-        nodes.append(node)
-        inits += tensors
+    _add(nodes, inits, _rms_norm(f"{p}/input_layernorm", "hidden", "attn_in", H, cfg.rms_norm_eps))
+    _add(nodes, inits, _qkv(p, cfg, formats, accuracy_level))
     rope = cfg.rope_layers[layer]
     gqa_inputs = ["qkv", "", "", "past_key", "past_value", "seqlens_k", "total_length"]
     if rope:
@@ -95,13 +143,12 @@ def attention_graph(cfg: ModelConfig, layer: int, accuracy_level: int = 4) -> by
         # keys seen including the current token (ORT 1.32 semantics); -1 = all
         local_window_size=cfg.sliding_window if cfg.sliding_layers[layer] else -1,
     ))
-    for node, tensors in (
-        _q4_matmul(f"{p}/attn/o_proj", "attn", "attn_out", H, q_width, accuracy_level),
+    for part in (
+        _matmul(f"{p}/attn/o_proj", "attn", "attn_out", H, q_width, formats["o_proj"], accuracy_level),
         (helper.make_node("Add", ["hidden", "attn_out"], ["hidden_out"], name=f"{p}/attn/residual"), []),
         _rms_norm(f"{p}/post_attention_layernorm", "hidden_out", "normed", H, cfg.rms_norm_eps),
     ):
-        nodes.append(node)
-        inits += tensors
+        _add(nodes, inits, part)
     kv_shape = [1, cfg.num_kv_heads, "capacity", D]
     inputs = [
         helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, "S", H]),
@@ -122,28 +169,35 @@ def attention_graph(cfg: ModelConfig, layer: int, accuracy_level: int = 4) -> by
     return _model(nodes, inits, inputs, outputs, f"{p}/attention")
 
 
-def expert_graph(cfg: ModelConfig, accuracy_level: int = 4) -> bytes:
+def expert_graph(cfg: ModelConfig, accuracy_level: int = 4, formats: dict | None = None) -> bytes:
     """
-    h[T,H] -> gate MatMulNBits -> Relu --\
-           -> up   MatMulNBits ---------- Mul -> down MatMulNBits -> y[T,H]     (ReGLU)
-    Shared by every expert: the weights named `expert/gate.qweight`... are supplied per session.
+    h[T,H] -> gate matmul -> Relu --\
+           -> up   matmul ---------- Mul -> down matmul -> y[T,H]     (ReGLU)
+    Shared by every expert of the layers whose experts have these `formats` ({"gate", "up",
+    "down"} -> QuantFormat, default Q4_0): `expert/gate.qweight`... are supplied per session.
     """
+    formats = formats or dict.fromkeys(("gate", "up", "down"), Q4_0)
     H, F = cfg.hidden_size, cfg.expert_ffn_size
-    gate, gate_w = _q4_matmul("expert/gate", "h", "gate", F, H, accuracy_level)
-    up, up_w = _q4_matmul("expert/up", "h", "up", F, H, accuracy_level)
-    down, down_w = _q4_matmul("expert/down", "act", "y", H, F, accuracy_level)
-    nodes = [gate, helper.make_node("Relu", ["gate"], ["gate_relu"], name="expert/Relu"), up,
-             helper.make_node("Mul", ["up", "gate_relu"], ["act"], name="expert/Mul"), down]
-    return _model(nodes, gate_w + up_w + down_w,
+    nodes, inits = [], []
+    for part in (
+        _matmul("expert/gate", "h", "gate", F, H, formats["gate"], accuracy_level),
+        (helper.make_node("Relu", ["gate"], ["gate_relu"], name="expert/Relu"), []),
+        _matmul("expert/up", "h", "up", F, H, formats["up"], accuracy_level),
+        (helper.make_node("Mul", ["up", "gate_relu"], ["act"], name="expert/Mul"), []),
+        _matmul("expert/down", "act", "y", H, F, formats["down"], accuracy_level),
+    ):
+        _add(nodes, inits, part)
+    return _model(nodes, inits,
                   [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["T", H])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", H])], "expert")
 
 
-def head_graph(cfg: ModelConfig, accuracy_level: int = 4) -> bytes:
-    """x[S,H] -> RMSNorm(model.norm) -> lm_head MatMulNBits -> logits[S,V]"""
+def head_graph(cfg: ModelConfig, accuracy_level: int = 4, fmt: QuantFormat = Q4_0) -> bytes:
+    """x[S,H] -> RMSNorm(model.norm) -> lm_head matmul -> logits[S,V]"""
     H, V = cfg.hidden_size, cfg.vocab_size
-    norm, norm_w = _rms_norm("norm", "x", "x_normed", H, cfg.rms_norm_eps)
-    head, head_w = _q4_matmul("lm_head", "x_normed", "logits", V, H, accuracy_level)
-    return _model([norm, head], norm_w + head_w,
+    nodes, inits = [], []
+    _add(nodes, inits, _rms_norm("norm", "x", "x_normed", H, cfg.rms_norm_eps))
+    _add(nodes, inits, _matmul("lm_head", "x_normed", "logits", V, H, fmt, accuracy_level))
+    return _model(nodes, inits,
                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["S", H])],
                   [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["S", V])], "head")

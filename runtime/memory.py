@@ -4,9 +4,9 @@ The budget given to `load(memory_budget=...)` bounds the whole process's residen
 Its always-resident part is measured, not estimated: the RSS once the attention and head
 sessions exist and the bundle's mapped pages are released. The KV cache is charged as it
 fills (`Model._charge_kv`); the minimum budget counts it full. Each expert session is charged
-`expert_charge(raw Q4 bytes)`: ONNX Runtime's prepacked copy plus the session itself,
-measured after `malloc_trim` at 1.43x raw on the full 4B shapes (2.1 MiB raw) and 2.0x on a
-0.47 MiB test expert, i.e. about 1.35x raw plus a fixed 250 KiB. Freed sessions are handed back to the OS with `malloc_trim`, because glibc
+`expert_charge(its matrices)`: ONNX Runtime's prepacked copy plus the session itself, measured
+after `malloc_trim` (Q4_0 experts: 1.43x raw on the full 4B shapes, 2.0x on a 0.47 MiB test
+expert, i.e. about 1.35x raw plus a fixed 250 KiB; other formats in EXPERT_SESSION_FACTORS). Freed sessions are handed back to the OS with `malloc_trim`, because glibc
 otherwise keeps freed memory and RSS drifts far above the live set.
 """
 from __future__ import annotations
@@ -17,7 +17,12 @@ import os
 
 import psutil
 
-EXPERT_SESSION_FACTOR = 1.4        # resident bytes per raw Q4 byte of an expert session...
+# Resident bytes per raw byte of an expert matrix once its session is built, by format
+# (ONNX Runtime's prepacked copy; measured on full-size 4B experts at accuracy level 4, RSS per
+# session after malloc_trim: q4b32 1.44x, q4b32m 1.41x, q8b32 1.25x, q8b16 1.43x, q8b32m 1.26x,
+# each including the fixed part below)...
+EXPERT_SESSION_FACTORS = {"q4b32": 1.4, "q4b32m": 1.35, "q8b32": 1.2, "q8b16": 1.38, "q8b32m": 1.22}
+EXPERT_SESSION_FACTOR = 1.45       # ...and for any other format
 EXPERT_SESSION_FIXED = 300 << 10   # ...plus this per session (graph, kernels, plans)
 HEADROOM_FLOOR = 80 << 20        # the least of the budget kept free of accounted memory
 DEFAULT_SHARE = 0.75  # of the memory available at start, when no budget is given
@@ -67,8 +72,10 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
-def expert_charge(raw_bytes: int) -> int:
-    return int(EXPERT_SESSION_FACTOR * raw_bytes) + EXPERT_SESSION_FIXED
+def expert_charge(matrices) -> int:
+    """Resident bytes of one expert session: `matrices` is [(QuantFormat, raw bytes)]."""
+    return int(sum(EXPERT_SESSION_FACTORS.get(fmt.name, EXPERT_SESSION_FACTOR) * raw for fmt, raw in matrices)) \
+        + EXPERT_SESSION_FIXED
 
 
 def allocator_headroom(budget: int) -> int:

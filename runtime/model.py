@@ -15,14 +15,14 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from . import q4
+from . import quant
 from .bundle import Bundle
 from .decode import DecodeBuffers, bind_cache, decode_step
 from .errors import BudgetTooSmall, BundleError
-from .experts import ExpertStore
+from .experts import ExpertStore, layer_charges
 from .graphs import set_accuracy_level
 from .kvcache import KVCache
-from .memory import allocator_headroom, configure_allocator, expert_charge, minimum_with_headroom, default_budget, format_bytes, process_rss, trim_heap, trim_slack
+from .memory import allocator_headroom, configure_allocator, minimum_with_headroom, default_budget, format_bytes, process_rss, trim_heap, trim_slack
 from .sessions import init_thread_pool, initializer_names, make_session
 from .template import DEFAULT_CHATML
 
@@ -53,6 +53,7 @@ class Model:
             raise BundleError(f"{bundle.path}: unreadable tokenizer.json ({error})") from None
         self.chat_template = bundle.text("chat_template") or DEFAULT_CHATML
         self.eos_token_ids = tuple(cfg.eos_token_ids)
+        self.embedding_format = bundle.matrix_format("embed_tokens")
         self.rope_cos, self.rope_sin = rope_tables(self.max_context, cfg.head_dim, cfg.rope_theta)
         self._rope_values = (ort.OrtValue.ortvalue_from_numpy(self.rope_cos),
                              ort.OrtValue.ortvalue_from_numpy(self.rope_sin))
@@ -63,8 +64,7 @@ class Model:
         # so the load peaks below the minimum budget (full-size 4B: 605 MiB, minimum ~630).
         head_weights = {"norm.weight": bundle.tensor("norm.weight")}
         head_source = "lm_head" if bundle.has_tensor("lm_head.qweight") else "embed_tokens"
-        head_weights["lm_head.qweight"] = bundle.tensor(f"{head_source}.qweight")
-        head_weights["lm_head.scales"] = bundle.tensor(f"{head_source}.scales")
+        head_weights.update((f"lm_head.{suffix}", array) for suffix, array in bundle.matrix_arrays(head_source).items())
         self.head = make_session(self._graph("head"), head_weights)
         bundle.release_pages()
         trim_heap()
@@ -74,7 +74,8 @@ class Model:
             bundle.release_pages()
         trim_heap()
         self._kv_caches: weakref.WeakSet[KVCache] = weakref.WeakSet()  # live ones, charged as they fill
-        self.experts = ExpertStore(bundle, self._graph("expert"), self._expert_budget(self.memory_budget))
+        expert_graphs = {name: self._graph(name) for name in {bundle.expert_graph_name(i) for i in range(cfg.num_layers)}}
+        self.experts = ExpertStore(bundle, expert_graphs, self._expert_budget(self.memory_budget))
         self.decode_buffers = DecodeBuffers(cfg.hidden_size, cfg.num_experts)
 
     # -- construction -------------------------------------------------------------------
@@ -95,7 +96,7 @@ class Model:
     def _expert_budget(self, memory_budget: int | None) -> int | None:
         """Bytes left for expert sessions and the KV cache as it fills; refuses a budget below one
         layer's working set with a full KV cache."""
-        charge = expert_charge(sum(a.nbytes for a in self.bundle.expert(0, 0).values()))
+        charge = max(layer_charges(self.bundle))
         # measured: everything resident now (interpreter, libraries, dense sessions); then headroom
         # for memory freed but not yet trimmed and two builds in flight. The minimum counts a full
         # KV cache, so any accepted budget can fill the context.
@@ -144,8 +145,9 @@ class Model:
     # -- forward --------------------------------------------------------------------------
     def embed(self, token_ids: np.ndarray) -> np.ndarray:
         """[S] ids -> [1, S, H] float32 rows of the dequantized embedding."""
-        read = self.bundle.read_rows
-        return q4.dequantize(read("embed_tokens.qweight", token_ids), read("embed_tokens.scales", token_ids))[None]
+        fmt = self.embedding_format
+        rows = {suffix: self.bundle.read_rows(f"embed_tokens.{suffix}", token_ids) for suffix in fmt.arrays(1, fmt.block)}
+        return quant.dequantize(fmt, rows)[None]
 
     def route(self, layer: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """x [S, H] -> (experts [S, A] int, weights [S, A] float32)."""

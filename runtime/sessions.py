@@ -57,5 +57,7 @@ def make_session(model_bytes: bytes, weights: dict[str, np.ndarray], keep_weight
 
 
 def initializer_names(model_bytes: bytes) -> list[str]:
+    """The weights a graph expects to be supplied (placeholders), not its inline constants."""
     import onnx
-    return [init.name for init in onnx.load_from_string(model_bytes).graph.initializer]
+    return [init.name for init in onnx.load_from_string(model_bytes).graph.initializer
+            if init.data_location == onnx.TensorProto.EXTERNAL]

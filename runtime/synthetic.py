@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, TokenType
-from gguf.quants import quant_shape_to_byte_shape, quantize
+from gguf.quants import GGML_QUANT_SIZES, dequantize, quant_shape_to_byte_shape, quantize
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -278,6 +278,35 @@ _GGUF_LAYER_NAMES = {  # llama.cpp name -> HF name inside a layer
     "ffn_norm": "post_attention_layernorm", "ffn_gate_inp": "block_sparse_moe.primary_router"}
 
 
+# fp16 scale fields (byte offsets in a block) of the types `gguf` cannot quantize: random codes
+# with these scales set make valid blocks, and `gguf.quants.dequantize` says what they hold
+_RANDOM_BLOCK_SCALES = {GGMLQuantizationType.Q4_K: (0, 2), GGMLQuantizationType.Q5_K: (0, 2),
+                        GGMLQuantizationType.Q6_K: (208,)}
+
+
+def random_quant_blocks(shape: tuple[int, ...], qtype: GGMLQuantizationType, rms: float, seed) -> np.ndarray:
+    """Valid blocks of a K-quant type for a float tensor of `shape`: random codes and sub-block
+    scales, the fp16 super-block scales set so the weights' root mean square is about `rms`."""
+    byte_shape = quant_shape_to_byte_shape(shape, qtype)
+    raw = np.random.default_rng(seed).integers(0, 256, size=byte_shape, dtype=np.uint8)
+    block_bytes = GGML_QUANT_SIZES[qtype][1]
+    blocks = raw.reshape(-1, block_bytes)
+    for scale in (1.0, None):  # unit scales first, then rescaled to the wanted rms
+        if scale is None:
+            got = dequantize(raw, qtype)
+            scale = rms / max(float(np.sqrt(np.mean(np.square(got, dtype=np.float64)))), 1e-30)
+        for offset in _RANDOM_BLOCK_SCALES[qtype]:
+            blocks[:, offset:offset + 2] = np.full((len(blocks), 1), scale, np.float16).view(np.uint8)
+    return raw
+
+
+def _quantize_tensor(data: np.ndarray, qtype: GGMLQuantizationType, name: str, seed: int) -> np.ndarray:
+    if qtype in _RANDOM_BLOCK_SCALES:
+        rms = float(np.sqrt(np.mean(np.square(data, dtype=np.float64))))
+        return random_quant_blocks(data.shape, qtype, rms, [seed, zlib.crc32(name.encode())])
+    return quantize(data.astype(np.float32, copy=False), qtype)
+
+
 def _gguf_plan(spec: SyntheticSpec, hf: dict, matrix_type, include_output: bool) -> list:
     """[(gguf name, [HF names stacked into it], numpy shape, ggml type)] in file order.
     Norms and routers stay F32; expert tensors stack to [E, out, in] (GGUF ne = [in, out, E])."""
@@ -295,7 +324,8 @@ def _gguf_plan(spec: SyntheticSpec, hf: dict, matrix_type, include_output: bool)
     for gname, names in pairs:
         shape = hf[names[0]] if len(names) == 1 else (len(names), *hf[names[0]])
         f32 = len(shape) == 1 or "primary_router" in names[0]
-        plan.append((gname + ".weight", names, shape, GGMLQuantizationType.F32 if f32 else matrix_type))
+        qtype = matrix_type(gname + ".weight") if callable(matrix_type) else matrix_type
+        plan.append((gname + ".weight", names, shape, GGMLQuantizationType.F32 if f32 else qtype))
     return plan
 
 
@@ -304,13 +334,15 @@ def write_gguf(spec: SyntheticSpec, path, *, seed: int = 0,
                tokenizer: Tokenizer | None = None, weights: dict | None = None,
                gating_func: bool = True, include_output: bool = True, progress=None) -> Path:
     """A llama.cpp GGUF file of arch smallthinker; tensors are generated and written one by one.
-    `progress(done, total)` is called after each tensor."""
+    `matrix_type` is one type for every matrix, or a function of the GGUF tensor name (K-quant
+    types get random valid blocks: the `gguf` package cannot quantize them). `progress(done,
+    total)` is called after each tensor."""
     path, tokenizer = Path(path), tokenizer or make_tokenizer()
     w = GGUFWriter(path, "smallthinker")
     arch = "smallthinker."
     w.add_name("SmallThinker synthetic")
-    w.add_file_type({GGMLQuantizationType.F16: 1, GGMLQuantizationType.Q4_0: 2,
-                     GGMLQuantizationType.Q8_0: 7}.get(matrix_type, 0))
+    w.add_file_type(0 if callable(matrix_type) else {GGMLQuantizationType.F16: 1, GGMLQuantizationType.Q4_0: 2,
+                                                     GGMLQuantizationType.Q8_0: 7}.get(matrix_type, 0))
     w.add_quantization_version(2)
     for key, value in {
             "context_length": spec.context_length, "embedding_length": spec.hidden_size,
@@ -356,7 +388,7 @@ def write_gguf(spec: SyntheticSpec, path, *, seed: int = 0,
     for index, (gname, names, shape, qtype) in enumerate(plan):
         parts = [weights[n] if weights else spec_tensor(spec, n, hf_shapes[n], seed) for n in names]
         data = np.stack(parts) if len(parts) > 1 else parts[0]
-        w.write_tensor_data(quantize(data.astype(np.float32, copy=False), qtype))
+        w.write_tensor_data(_quantize_tensor(data, qtype, gname, seed))
         del parts, data
         if progress is not None:
             progress(index + 1, len(plan))

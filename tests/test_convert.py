@@ -51,13 +51,13 @@ def test_layouts_are_read_from_the_checkpoint():
 def test_bundle_manifest_and_alignment():
     b = Bundle(bundle("21b"))
     cfg = b.config
-    assert b.manifest["format_version"] == 1
+    assert b.manifest["format_version"] == 2
     files = b.manifest["files"]
-    for required in ("dense.bin", "experts.bin", "tokenizer.json", "chat_template.jinja", "graphs/expert.onnx",
+    for required in ("dense.bin", "experts.bin", "tokenizer.json", "chat_template.jinja", f"graphs/expert.{'-'.join(['q4b32'] * 3)}.onnx",
                      "graphs/head.onnx", *(f"graphs/layers.{i}.attention.onnx" for i in range(cfg.num_layers))):
         assert required in files, required
     assert b.expert_stride % ALIGN == 0
-    assert all(spec["offset"] % ALIGN == 0 for spec in b.expert_arrays_layout.values())
+    assert all(spec["offset"] % ALIGN == 0 for layout in b.expert_layouts.values() for spec in layout["arrays"].values())
     assert all(t["offset"] % ALIGN == 0 for t in b.manifest["tensors"].values())
     assert os.path.getsize(b.path / "experts.bin") == cfg.num_layers * cfg.num_experts * b.expert_stride
     b.verify()
@@ -67,9 +67,9 @@ def test_expert_record_round_trips_the_checkpoint_weights():
     """One expert read on its own from experts.bin dequantizes to the Q4_0 of the source floats."""
     b = Bundle(bundle("4b"))
     ref = dequantized_q4_weights(weights("4b"))
-    from runtime.q4 import dequantize
+    from runtime.quant import Q4_0, dequantize
     arrays = b.expert(1, 5)
-    got = dequantize(arrays["down.qweight"], arrays["down.scales"])
+    got = dequantize(Q4_0, {"qweight": arrays["down.qweight"], "scales": arrays["down.scales"]})
     np.testing.assert_array_equal(got, ref["model.layers.1.block_sparse_moe.experts.5.down.weight"])
 
 
@@ -120,16 +120,18 @@ def _through(qtype):
 
 
 @pytest.mark.parametrize("qtype", [GGMLQuantizationType.Q8_0, GGMLQuantizationType.F16, GGMLQuantizationType.F32])
-def test_other_gguf_tensor_types_are_requantized(tmp_path, qtype):
-    """Matrices stored as Q8_0/F16/F32 are dequantized then quantized to Q4_0 with llama.cpp's rounding."""
+def test_quantize_q4_0_requantizes_on_request(tmp_path, qtype):
+    """`quantize="q4_0"`: matrices stored as Q8_0/F16/F32 are dequantized then quantized to Q4_0
+    with llama.cpp's rounding, and the bundle records that it lost precision."""
     path = synthetic.write_gguf(LAYOUTS["4b"], tmp_path / "m.gguf", weights=weights("4b"), matrix_type=qtype)
-    b = runtime.convert(path, tmp_path / "b")
+    b = runtime.convert(path, tmp_path / "b", quantize="q4_0")
     ids = prompt_ids()[:16]
     seen = _rounded(weights("4b"), _through(qtype))
     ref = reference_logits(dequantized_q4_weights(seen), hf_config("4b"), ids)
     got = runtime.load(b, accuracy_level=0).logits(ids)
     np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
-    assert qtype.name in json.loads((b / "manifest.json").read_text())["source"]["source_types"]
+    source = json.loads((b / "manifest.json").read_text())["source"]
+    assert qtype.name in source["source_types"] and source["lossy"] and source["quantization"] == "q4b32"
 
 
 def test_gating_function_and_tied_head(tmp_path):

@@ -1,7 +1,9 @@
 """Reads a llama.cpp GGUF file of arch `smallthinker` for conversion.
 
-Q4_0 matrices are repacked without loss; any other type the `gguf` package can read is
-dequantized and re-quantized to Q4_0. Routers and norms are read as float32. The tokenizer
+Every matrix keeps at least the precision the file stores (`quant.from_gguf`: Q4_0 and Q8_0
+repacked bit-exactly, K-quants mapped exactly onto 4- or 8-bit formats with their block
+scales and mins), unless the user asks for one format (`quantize=`), which may lose
+precision and is recorded as such. Routers and norms are read as float32. The tokenizer
 is rebuilt from `tokenizer.ggml.*` and the chat template taken from `tokenizer.chat_template`.
 """
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, quants
 
-from .. import q4
+from .. import quant
 from ..config import ModelConfig
 from ..errors import ConversionError
 from ..gguf_tokenizer import read_gguf_tokenizer_fields, tokenizer_from_gguf_fields
@@ -33,8 +35,8 @@ def gguf_name(name: str) -> str:
 
 
 class GGUFSource:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, quantize: quant.QuantFormat | None = None):
+        self.path, self.force = path, quantize
         try:
             self.reader = GGUFReader(path)
         except Exception as error:  # gguf raises ValueError, struct errors, mmap errors...
@@ -72,16 +74,21 @@ class GGUFSource:
         if got != shape:
             raise ConversionError(f"{self.path}: tensor {name} has shape {list(got)}, expected {list(shape)}")
 
-    def _to_q4(self, data: np.ndarray, qtype: GGMLQuantizationType, rows: int, cols: int):
-        if qtype == GGMLQuantizationType.Q4_0:
-            return q4.repack_gguf_q4_0(data, rows, cols)
-        floats = data if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16) else quants.dequantize(data, qtype)
-        return q4.quantize(np.asarray(floats, dtype=np.float32).reshape(rows, cols))
+    def _convert(self, name: str, data: np.ndarray, qtype: GGMLQuantizationType, rows: int, cols: int):
+        try:
+            return quant.from_gguf(data, qtype, rows, cols, f"{self.path}: {name}", self.force)
+        except ValueError as error:
+            raise ConversionError(str(error)) from None
 
-    def matrix(self, name: str, rows: int, cols: int):
+    def matrix_format(self, name: str) -> quant.QuantFormat:
+        return quant.target_format(self._tensor(gguf_name(name)).tensor_type, self.force)
+
+    def matrix(self, name: str, rows: int, cols: int) -> tuple:
+        """(format, arrays, source type) of a dense matrix."""
         tensor = self._tensor(gguf_name(name))
         self._check(gguf_name(name), tensor, (rows, cols))
-        return self._to_q4(tensor.data, tensor.tensor_type, rows, cols)
+        fmt, arrays = self._convert(gguf_name(name), tensor.data, tensor.tensor_type, rows, cols)
+        return fmt, arrays, tensor.tensor_type.name
 
     def vector(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         tensor = self._tensor(gguf_name(name))
@@ -90,6 +97,10 @@ class GGUFSource:
         if tensor.tensor_type not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
             data = quants.dequantize(data, tensor.tensor_type)
         return np.asarray(data, dtype=np.float32).reshape(shape)
+
+    def expert_formats(self, layer: int) -> dict[str, quant.QuantFormat]:
+        return {m: quant.target_format(self._tensor(f"blk.{layer}.{suffix}.weight").tensor_type, self.force)
+                for m, suffix in EXPERT_TENSORS.items()}
 
     def expert(self, layer: int, expert: int) -> dict:
         cfg = self.config
@@ -100,7 +111,7 @@ class GGUFSource:
             rows, cols = ((cfg.hidden_size, cfg.expert_ffn_size) if matrix == "down"
                           else (cfg.expert_ffn_size, cfg.hidden_size))
             self._check(name, tensor, (cfg.num_experts, rows, cols))
-            out[matrix] = self._to_q4(tensor.data[expert], tensor.tensor_type, rows, cols)
+            out[matrix] = self._convert(f"{name}[{expert}]", tensor.data[expert], tensor.tensor_type, rows, cols)
         return out
 
     def has_lm_head(self) -> bool:
@@ -114,6 +125,9 @@ class GGUFSource:
 
     def describe(self) -> dict:
         stat = self.path.stat()
-        types = sorted({t.tensor_type.name for t in self.reader.tensors if len(t.shape) >= 2})
+        matrices = [t for t in self.reader.tensors if len(t.shape) >= 2 and "ffn_gate_inp" not in t.name]
+        types = sorted({t.tensor_type.name for t in matrices})
+        exact = all(quant.target_format(t.tensor_type, self.force) == quant.EXACT.get(t.tensor_type) for t in matrices)
         return {"kind": "gguf", "path": str(self.path.resolve()), "name": self.path.name,
-                "size": stat.st_size, "mtime": stat.st_mtime, "source_types": types, "quantization": "Q4_0"}
+                "size": stat.st_size, "mtime": stat.st_mtime, "source_types": types,
+                "quantization": self.force.name if self.force else "as stored", "lossy": not exact}

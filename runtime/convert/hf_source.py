@@ -3,7 +3,8 @@
 The `safetensors` package's numpy API cannot return bfloat16, the dtype of the released
 checkpoints, so tensors are located through the format's JSON header and read from a
 memory map: bf16 becomes float32 by a 16-bit shift, which is exact. Every matrix except the
-router is quantized to Q4_0 with llama.cpp's rounding (see `q4.quantize`).
+router is quantized with llama.cpp's rounding (`quant.quantize`): to Q4_0 by default, the
+format SmallThinker is built to run in, or to Q8_0 when asked (`convert(..., quantize="q8_0")`).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import q4
+from .. import quant
 from ..config import ModelConfig
 from ..errors import ConversionError
 
@@ -69,8 +70,8 @@ class SafetensorsFile:
 
 
 class HFSource:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, quantize: quant.QuantFormat | None = None):
+        self.path, self.format = path, quantize or quant.Q4_0
         config_file = path / "config.json"
         if not config_file.is_file():
             raise ConversionError(f"{path}: no config.json; not a Hugging Face model directory")
@@ -102,18 +103,25 @@ class HFSource:
             raise ConversionError(f"{self.path}: tensor {name} has shape {list(shard.shape(name))}, expected {list(shape)}")
         return shard.read(name)
 
-    def matrix(self, name: str, rows: int, cols: int):
-        return q4.quantize(self._read(hf_name(name), (rows, cols)))
+    def matrix_format(self, name: str) -> quant.QuantFormat:
+        return self.format
+
+    def matrix(self, name: str, rows: int, cols: int) -> tuple:
+        """(format, arrays, source dtype) of a dense matrix."""
+        name = hf_name(name)
+        return self.format, quant.quantize(self._read(name, (rows, cols)), self.format), self.location[name].header[name]["dtype"]
 
     def vector(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         return np.ascontiguousarray(self._read(hf_name(name), shape), dtype=np.float32)
 
+    def expert_formats(self, layer: int) -> dict[str, quant.QuantFormat]:
+        return dict.fromkeys(("gate", "up", "down"), self.format)
+
     def expert(self, layer: int, expert: int) -> dict:
         H, F = self.config.hidden_size, self.config.expert_ffn_size
         prefix = f"model.layers.{layer}.block_sparse_moe.experts.{expert}"
-        return {"gate": q4.quantize(self._read(f"{prefix}.gate.weight", (F, H))),
-                "up": q4.quantize(self._read(f"{prefix}.up.weight", (F, H))),
-                "down": q4.quantize(self._read(f"{prefix}.down.weight", (H, F)))}
+        return {m: (self.format, quant.quantize(self._read(f"{prefix}.{m}.weight", shape), self.format))
+                for m, shape in (("gate", (F, H)), ("up", (F, H)), ("down", (H, F)))}
 
     def has_lm_head(self) -> bool:
         return "lm_head.weight" in self.location
@@ -137,4 +145,5 @@ class HFSource:
     def describe(self) -> dict:
         dtypes = sorted({info["dtype"] for shard in set(self.location.values()) for info in shard.header.values()})
         return {"kind": "hf", "path": str(self.path.resolve()), "name": self.path.name,
-                "source_types": dtypes, "quantization": "Q4_0"}
+                "source_types": dtypes, "quantization": self.format.name,
+                "lossy": True}  # a float checkpoint always loses precision: quantized here
