@@ -56,6 +56,7 @@ class QuantFormat:
 Q4_0 = QuantFormat(4, 32, False)
 Q8_0 = QuantFormat(8, 32, False)
 CHOICES = {"q4_0": Q4_0, "q8_0": Q8_0}  # what --quantize accepts: every matrix forced to one format
+LABELS = {Q4_0: "Q4_0", Q8_0: "Q8_0"}   # how a forced format is called where users see it
 
 Matrix = tuple[QuantFormat, dict[str, np.ndarray]]  # format, {"qweight", "scales"[, "mins"]}
 

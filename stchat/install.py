@@ -98,8 +98,16 @@ def downloaded_by_pull(name: str) -> list[dict]:
     return list(read_json(pending_state(name)).get("downloaded", []))
 
 
-def install(source: Path, name: str, record: dict, reporter: Reporter) -> Path:
-    """Convert `source` (GGUF file or checkpoint directory) and install it as `name`; call with the lock held."""
+QUANTIZE_NOTES = {
+    "q4_0": "every matrix is stored as Q4_0: smaller and faster, but it loses the precision the file stores",
+    "q8_0": "every matrix is stored as Q8_0 (8 bits)",
+}
+
+
+def install(source: Path, name: str, record: dict, reporter: Reporter, quantize: str | None = None) -> Path:
+    """Convert `source` (GGUF file or checkpoint directory) and install it as `name`; call with the lock held.
+    `quantize` (q4_0, q8_0) stores every matrix in that format; None keeps a GGUF's own precision
+    and quantizes a float checkpoint to Q4_0."""
     import runtime  # heavy (numpy, onnxruntime): only now that there is a conversion to run
 
     dest = models_dir() / name
@@ -108,10 +116,16 @@ def install(source: Path, name: str, record: dict, reporter: Reporter) -> Path:
     staged = staging_root() / name
     shutil.rmtree(staged, ignore_errors=True)  # left by a pull killed after converting
     reporter.line(f"converting {source.name} -> {dest}")
+    if quantize:
+        reporter.line(QUANTIZE_NOTES[quantize])
+    elif source.is_dir():
+        reporter.line("a float checkpoint is quantized to Q4_0, the format SmallThinker is built to run in "
+                      "(--quantize q8_0 keeps 8 bits)")
     started = time.perf_counter()
-    runtime.convert(source, staged, progress=reporter.stage)
+    runtime.convert(source, staged, progress=reporter.stage, quantize=quantize)
     reporter.done()
-    record = dict(record, name=name, installed=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    record = dict(record, name=name, quantize=quantize,
+                  installed=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     (staged / RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
     os.replace(staged, dest)
     reporter.line(f"converted in {time.perf_counter() - started:.1f}s")

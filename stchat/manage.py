@@ -45,11 +45,37 @@ class Installed:
 
     @property
     def quantization(self) -> str:
+        """`Q4_0+Q6_K` for a GGUF kept as stored; `q4b32 (from BF16, lossy)` when quantized here."""
         src = self.manifest.get("source", {})
-        types = [t for t in src.get("source_types", []) if t not in ("F32",)]
+        origin = "+".join(t for t in src.get("source_types", []) if t not in ("F32",))
         quant = src.get("quantization", "?")
-        origin = "/".join(types)
-        return quant if not origin or origin == quant else f"{quant} (from {origin})"
+        if quant == "as stored":
+            return origin or quant
+        if not origin or origin == quant:
+            return quant
+        lossy = ", lossy" if src.get("lossy") and src.get("kind") == "gguf" else ""  # a checkpoint always is
+        return f"{quant} (from {origin}{lossy})"
+
+    def _expert_layouts(self) -> list[dict]:
+        """Per layer: {"formats", "bytes"} of one expert (format 1 bundles: every matrix Q4_0)."""
+        experts, layers = self.manifest["experts"], self.manifest["config"]["num_layers"]
+        if "layouts" not in experts:
+            layout = {"formats": dict.fromkeys(("gate", "up", "down"), "q4b32"), "arrays": experts["arrays"]}
+            return [dict(layout, bytes=_array_bytes(layout["arrays"].values()))] * layers
+        return [dict(experts["layouts"][key], bytes=_array_bytes(experts["layouts"][key]["arrays"].values()))
+                for key in experts["layers"]]
+
+    def storage(self) -> dict[str, int]:
+        """Stored format -> bytes of the matrices kept in it (experts and dense, not norms/routers)."""
+        out: dict[str, int] = {}
+        for name, info in self.manifest.get("matrices", {}).items():
+            out[info["format"]] = out.get(info["format"], 0) + info["bytes"]
+        per_layer = self.manifest["config"]["num_experts"]
+        for layout in self._expert_layouts():
+            for matrix, fmt in layout["formats"].items():
+                size = _array_bytes(a for key, a in layout["arrays"].items() if key.startswith(matrix + "."))
+                out[fmt] = out.get(fmt, 0) + size * per_layer
+        return dict(sorted(out.items(), key=lambda item: -item[1]))
 
     @property
     def size(self) -> int:
@@ -65,9 +91,9 @@ class Installed:
         cfg = self.manifest["config"]
         files = self.manifest.get("files", {})
         dense = files.get("dense.bin", {}).get("size", 0)
-        arrays = self.manifest["experts"]["arrays"].values()
-        one = sum(_ITEMSIZE.get(a["dtype"], 4) * _prod(a["shape"]) for a in arrays)
-        experts = one * cfg["num_layers"] * cfg["num_experts"]
+        layouts = self._expert_layouts()
+        one = max(layout["bytes"] for layout in layouts)
+        experts = sum(layout["bytes"] for layout in layouts) * cfg["num_experts"]
         context = min(DEFAULT_CONTEXT, cfg["context_length"])
         kv = 2 * cfg["num_layers"] * cfg["num_kv_heads"] * context * cfg["head_dim"] * 4
         return {"dense": dense, "experts": experts, "expert": one, "kv_cache": kv, "kv_tokens": context,
@@ -79,6 +105,15 @@ def _prod(shape) -> int:
     for n in shape:
         out *= int(n)
     return out
+
+
+def _array_bytes(arrays) -> int:
+    return sum(_ITEMSIZE.get(a["dtype"], 4) * _prod(a["shape"]) for a in arrays)
+
+
+FORMAT_NAMES = {"q4b32": "4-bit, blocks of 32 (Q4_0)", "q4b32m": "4-bit with mins, blocks of 32 (Q4_K, Q4_1)",
+                "q8b32": "8-bit, blocks of 32 (Q8_0)", "q8b16": "8-bit, blocks of 16 (Q6_K)",
+                "q8b32m": "8-bit with mins, blocks of 32 (Q5_K, Q5_1)"}
 
 
 def installed() -> list[Installed]:
@@ -131,7 +166,7 @@ def show_command(
     if json_output:
         print(json.dumps({"name": model.name, "path": str(model.path), "source": model.record or
                           model.manifest.get("source"), "quantization": model.quantization, "config": cfg,
-                          "files": files, "size": model.size, "memory": memory}, indent=1))
+                          "files": files, "size": model.size, "memory": memory, "storage": model.storage()}, indent=1))
         return
     rec = model.record
     lines = [f"name          {model.name}", f"path          {model.path}", f"source        {model.source}"]
@@ -152,6 +187,8 @@ def show_command(
         key = rel.split("/")[0] + "/" if "/" in rel else rel
         grouped[key] = grouped.get(key, 0) + size
     lines += [f"  {rel:<22}{human_bytes(size):>12}" for rel, size in sorted(grouped.items())]
+    lines.append("weights       stored as (matrices; norms and routers stay float32)")
+    lines += [f"  {fmt:<8}{human_bytes(size):>12}  {FORMAT_NAMES.get(fmt, '')}" for fmt, size in model.storage().items()]
     lines += [f"  {'total on disk':<22}{human_bytes(model.size):>12}",
               "memory",
               f"  all in RAM          {human_bytes(memory['ram'])} (dense {human_bytes(memory['dense'])} + experts "

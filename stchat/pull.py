@@ -26,6 +26,18 @@ from stchat.progress import Reporter, human_bytes
 DISK_MARGIN = 64 << 20          # bytes kept free on top of what the pull itself writes
 HF_BUNDLE_RATIO = 0.3           # bf16 checkpoint -> Q4_0 bundle (4.5 bits of 16, plus float routers)
 GGUF_BUNDLE_RATIO = 1.1         # GGUF Q4_0 -> bundle (same weights, plus graphs and alignment)
+# Other GGUF types are kept at their precision in the formats ONNX Runtime computes with, which
+# take more room: Q4_K 4.5 -> 6 bits per weight, Q5_K 5.5 -> 10, Q6_K 6.6 -> 10, Q8_0 8.5 -> 9
+GGUF_TYPE_RATIOS = {"Q4_K": 1.4, "Q4_1": 1.3, "Q5_K": 1.85, "Q5_0": 1.65, "Q5_1": 1.6, "Q6_K": 1.6, "Q8_0": 1.1,
+                    "BF16": 0.6, "F16": 0.6, "F32": 0.3}
+
+
+def bundle_ratio(kind: str, file_name: str) -> float:
+    """Bundle bytes per downloaded byte, from the file's quantization as its name gives it."""
+    if kind != "gguf":
+        return HF_BUNDLE_RATIO
+    upper = file_name.upper()
+    return max([r for t, r in GGUF_TYPE_RATIOS.items() if t in upper.replace("-", "_")], default=GGUF_BUNDLE_RATIO)
 
 
 def installed_from(spec: HubSpec) -> str | None:
@@ -85,7 +97,7 @@ def check_disk(hub: Hub, repo: str, files: list[RemoteFile], kind: str, keep_sou
     """Refuse before downloading when the download plus the bundle will not fit."""
     total = sum(f.size for f in files)
     download = total - sum(_on_disk(hub, repo, f) for f in files)
-    bundle = int(total * (GGUF_BUNDLE_RATIO if kind == "gguf" else HF_BUNDLE_RATIO))
+    bundle = int(total * max(bundle_ratio(kind, f.path) for f in files))
     cache, models = hub.cache_dir, models_dir()
     cache.mkdir(parents=True, exist_ok=True)
     after = "kept in the Hugging Face cache (--keep-source)" if keep_source else \
@@ -120,10 +132,11 @@ def check_memory(name: str, alias: catalog.Alias | None, total: int, yes: bool, 
             raise typer.Exit(int(ExitCode.ERROR))
 
 
-def pull_hub(spec: HubSpec, hub: Hub, reporter: Reporter, keep_source: bool, yes: bool) -> str:
+def pull_hub(spec: HubSpec, hub: Hub, reporter: Reporter, keep_source: bool, yes: bool,
+             quantize: str | None = None) -> str:
     from stchat.download import fetch
 
-    name = installed_from(spec)
+    name = installed_from(spec) if not quantize else None
     if name:
         reporter.line(f"{name} is already installed (from {spec.repo}); nothing to download")
         return name
@@ -138,11 +151,12 @@ def pull_hub(spec: HubSpec, hub: Hub, reporter: Reporter, keep_source: bool, yes
         if hub.offline:
             hub.require_online(f"{spec.repo} ({error})")
         raise
-    name = catalog.install_name(spec, kind, main)
+    name = catalog.install_name(spec, kind, main) + (f"-{quantize}" if quantize else "")
     dest = models_dir() / name
     if dest.exists():
         record = install.read_record(dest)
-        if record.get("repo") == spec.repo and record.get("file") == main and install.is_complete(dest):
+        if (record.get("repo") == spec.repo and record.get("file") == main and record.get("quantize") == quantize
+                and install.is_complete(dest)):
             reporter.line(f"{name} is already installed (from {spec.repo}); nothing to download")
             return name
         raise StchatError(f"a different model is installed as {name}; remove it with `stchat rm {name}` first")
@@ -161,7 +175,7 @@ def pull_hub(spec: HubSpec, hub: Hub, reporter: Reporter, keep_source: bool, yes
                   "endpoint": hub.endpoint, "alias": spec.alias.alias if spec.alias else None, "verified": True,
                   "files": [{"path": f.path, "size": f.size, "sha256": f.sha256, "git_oid": f.git_oid}
                             for f in files]}
-        install.install(source, name, record, reporter)
+        install.install(source, name, record, reporter, quantize)
         if keep_source:
             install.clear_state(name)
         else:
@@ -172,7 +186,7 @@ def pull_hub(spec: HubSpec, hub: Hub, reporter: Reporter, keep_source: bool, yes
     return name
 
 
-def pull_local(path: Path, reporter: Reporter) -> str:
+def pull_local(path: Path, reporter: Reporter, quantize: str | None = None) -> str:
     """Import a GGUF file or Hugging Face checkpoint directory: no network at all."""
     if path.is_dir() and (path / install.MANIFEST).is_file():
         raise UsageError(f"{path} is already a model bundle: use it directly with -m {path}")
@@ -185,17 +199,18 @@ def pull_local(path: Path, reporter: Reporter) -> str:
     for name in sorted(p.name for p in root.iterdir() if not p.name.startswith(".")):
         record = install.read_record(root / name)
         if (record.get("path") == str(path.resolve()) and record.get("size") == (stat.st_size if path.is_file() else None)
-                and record.get("mtime") == stat.st_mtime and install.is_complete(root / name)):
+                and record.get("mtime") == stat.st_mtime and record.get("quantize") == quantize
+                and install.is_complete(root / name)):
             reporter.line(f"{name} is already installed (from {path}); nothing to do")
             return name
-    base = path.stem if path.is_file() else path.name
+    base = (path.stem if path.is_file() else path.name) + (f"-{quantize}" if quantize else "")
     name, suffix = base, 2
     while (root / name).exists():
         name, suffix = f"{base}-{suffix}", suffix + 1
     record = {"kind": "gguf" if path.is_file() else "hf", "path": str(path.resolve()), "file": path.name,
               "size": stat.st_size if path.is_file() else None, "mtime": stat.st_mtime}
     with install.name_lock(name):
-        install.install(path, name, record, reporter)
+        install.install(path, name, record, reporter, quantize)
     return name
 
 
@@ -211,19 +226,25 @@ def pull_command(
                                                "conversion (default: delete them; the model needs only its bundle).")] = False,
     yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask before downloading a model larger "
                                                           "than this computer's memory.")] = False,
+    quantize: Annotated[str | None, typer.Option(
+        "--quantize", help="Store every matrix as q4_0 (smaller, loses the precision the file stores) or q8_0. "
+                           "Default: a GGUF keeps its own precision; a float checkpoint becomes q4_0. "
+                           "The model is installed with the format in its name.", show_default=False)] = None,
 ) -> None:
     """Download (or import), verify, convert and install a model."""
     if source not in ("gguf", "safetensors"):
         raise UsageError(f"--source must be gguf or safetensors, not {source!r}")
+    if quantize is not None and quantize not in install.QUANTIZE_NOTES:
+        raise UsageError(f"--quantize must be one of {', '.join(install.QUANTIZE_NOTES)}, not {quantize!r}")
     reporter = Reporter()
     spec = catalog.parse_spec(model, source)
     if isinstance(spec, LocalSpec) and source != "gguf":
         raise UsageError("--source applies to aliases, not to local files")
     try:
         if isinstance(spec, LocalSpec):
-            name = pull_local(spec.path, reporter)
+            name = pull_local(spec.path, reporter, quantize)
         else:
-            name = pull_hub(spec, Hub.from_environment(), reporter, keep_source, yes)
+            name = pull_hub(spec, Hub.from_environment(), reporter, keep_source, yes, quantize)
     except KeyboardInterrupt:
         reporter.line("stchat: interrupted; run the same pull again to resume")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None

@@ -131,7 +131,7 @@ def test_quantize_q4_0_requantizes_on_request(tmp_path, qtype):
     got = runtime.load(b, accuracy_level=0).logits(ids)
     np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
     source = json.loads((b / "manifest.json").read_text())["source"]
-    assert qtype.name in source["source_types"] and source["lossy"] and source["quantization"] == "q4b32"
+    assert qtype.name in source["source_types"] and source["lossy"] and source["quantization"] == "Q4_0"
 
 
 def test_gating_function_and_tied_head(tmp_path):

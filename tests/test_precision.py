@@ -151,3 +151,25 @@ def test_float_matrices_in_a_gguf_keep_eight_bits(tmp_path):
 def test_unknown_quantization_is_refused(tmp_path):
     with pytest.raises(runtime.errors.ConversionError, match="unknown quantization"):
         runtime.convert(tmp_path / "x.gguf", tmp_path / "b", quantize="q3")
+
+
+def test_format_1_bundles_still_load(tmp_path):
+    """Bundles converted before formats existed (every matrix Q4_0, one graph `expert`) still run."""
+    import json
+    import shutil
+
+    from model_fixtures import bundle
+    old = tmp_path / "old"
+    shutil.copytree(bundle("21b"), old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (layout,) = manifest["experts"]["layouts"].values()
+    (old / "graphs" / f"{layout['graph']}.onnx").rename(old / "graphs" / "expert.onnx")
+    manifest["graphs"] = {k: v for k, v in manifest["graphs"].items() if not k.startswith("expert.")}
+    manifest["graphs"]["expert"] = "graphs/expert.onnx"
+    manifest["files"]["graphs/expert.onnx"] = manifest["files"].pop(f"graphs/{layout['graph']}.onnx")
+    manifest["experts"] = {"file": "experts.bin", "stride": manifest["experts"]["stride"], "arrays": layout["arrays"]}
+    del manifest["matrices"]
+    manifest["format_version"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    ids = prompt_ids()[:12]
+    np.testing.assert_array_equal(runtime.load(old).logits(ids), runtime.load(bundle("21b")).logits(ids))

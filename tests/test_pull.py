@@ -240,3 +240,25 @@ def test_ctrl_c_exits_130_and_keeps_the_partial_download(hub, env):
     assert proc.returncode == 130
     assert "interrupted; run the same pull again to resume" in stderr and "Traceback" not in stderr
     assert [b for b in blobs(env, GGUF_4B) if b.name.endswith(".incomplete")]
+
+
+def test_import_keeps_the_file_precision_unless_told_otherwise(env, tmp_path):
+    import json
+
+    from runtime import synthetic
+    from test_precision import SHAPES, q4_k_m
+    path = synthetic.write_gguf(SHAPES["21b"], tmp_path / "mix-Q4_K_M.gguf", matrix_type=q4_k_m)
+    kept = run(env, "pull", str(path))
+    assert kept.returncode == 0 and kept.stdout == "mix-Q4_K_M\n", kept.stderr
+    shown = run(env, "show", "mix-Q4_K_M")
+    assert "quantization  Q4_K+Q6_K" in shown.stdout
+    assert "q4b32m" in shown.stdout and "q8b16" in shown.stdout and "q4b32 " not in shown.stdout
+
+    lossy = run(env, "pull", str(path), "--quantize", "q4_0")
+    assert lossy.returncode == 0 and lossy.stdout == "mix-Q4_K_M-q4_0\n", lossy.stderr
+    assert "loses the precision" in lossy.stderr
+    info = json.loads(run(env, "show", "--json", "mix-Q4_K_M-q4_0").stdout)
+    assert list(info["storage"]) == ["q4b32"] and "lossy" in info["quantization"]
+
+    refused = run(env, "pull", str(path), "--quantize", "q3")
+    assert refused.returncode == 2 and "--quantize" in errors(refused)[0]

@@ -130,4 +130,4 @@ class GGUFSource:
         exact = all(quant.target_format(t.tensor_type, self.force) == quant.EXACT.get(t.tensor_type) for t in matrices)
         return {"kind": "gguf", "path": str(self.path.resolve()), "name": self.path.name,
                 "size": stat.st_size, "mtime": stat.st_mtime, "source_types": types,
-                "quantization": self.force.name if self.force else "as stored", "lossy": not exact}
+                "quantization": quant.LABELS[self.force] if self.force else "as stored", "lossy": not exact}

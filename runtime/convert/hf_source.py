@@ -145,5 +145,5 @@ class HFSource:
     def describe(self) -> dict:
         dtypes = sorted({info["dtype"] for shard in set(self.location.values()) for info in shard.header.values()})
         return {"kind": "hf", "path": str(self.path.resolve()), "name": self.path.name,
-                "source_types": dtypes, "quantization": self.format.name,
+                "source_types": dtypes, "quantization": quant.LABELS[self.format],
                 "lossy": True}  # a float checkpoint always loses precision: quantized here
