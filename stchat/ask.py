@@ -134,12 +134,13 @@ def ask(request: AskRequest, stdin: TextIO | None, out: TextIO, err: TextIO) -> 
     text = build_prompt(request.prompt, stdin)
     import runtime  # heavy (numpy, onnxruntime): imported only once there is work to do
     from stchat.models import resolve
+    from stchat.progress import Reporter
 
     try:
         sampling = runtime.SamplingParams(**(request.sampling or {}))
     except ValueError as error:
         raise UsageError(str(error)) from None
-    resolved = resolve(request.model, log=lambda message: print(message, file=err, flush=True))
+    resolved = resolve(request.model, Reporter(err))
     ctrl_c = _CtrlC()
     previous = signal.signal(signal.SIGINT, ctrl_c)
     try:

@@ -104,7 +104,7 @@ def bench_command(
         bundle, name = synthetic_bundle(synthetic, routing, log), f"synthetic-{synthetic}-{routing}"
     else:
         from stchat.models import resolve
-        resolved = resolve(model, log=log)
+        resolved = resolve(model)
         bundle, name = resolved.path, resolved.name
     memory = memory_budget(memory)
     args = {"memory": memory, "threads": threads, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens}

@@ -3,7 +3,7 @@
 Model names on the Hub are long and the GGUF repositories hold a dozen quantizations whose
 exact file names are not fixed, so users type `4b` or `21b` and this module turns that into a
 repository plus a rule for picking the one Q4_0 file (the runtime's format; the repacked
-`Q4_0_4_4`-style variants are not). It also parses the other spellings `pull` accepts:
+`Q4_0_4_4`-style variants are not, nor PowerInfer's own `.powerinfer.gguf`). It also parses the other spellings `pull` accepts:
 `OWNER/REPO[:FILE]` and a local `.gguf` file or checkpoint directory.
 
 The table lives in the top-level `assets/` directory of the source tree. A regular
@@ -26,6 +26,8 @@ TABLE_NAME = "models.json"
 TABLE_FORMAT = "stchat-models"
 # Split GGUF files (`name-00001-of-00003.gguf`): the converter reads one file, so these are skipped.
 _SPLIT = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
+# PowerInfer's own runtime format: fused operators no other runtime (llama.cpp, stchat) runs.
+POWERINFER_SUFFIX = ".powerinfer.gguf"
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DEFAULT_GGUF_PATTERN = r"(?i)(?:^|[^a-z0-9])q4_0(?:[^a-z0-9_]|$)"
 
@@ -137,9 +139,9 @@ def parse_spec(spec: str, source: str = "gguf") -> HubSpec | LocalSpec:
 def choose_gguf(repo: str, files: list[str], pattern: str = DEFAULT_GGUF_PATTERN) -> tuple[str, list[str]]:
     """The Q4_0 GGUF to download, and the other Q4_0 candidates it was preferred to.
 
-    Plain means: not split into parts, closest to the repository root, then shortest name
-    (`model-Q4_0.gguf` before `model-Q4_0-imatrix.gguf`)."""
-    ggufs = [f for f in files if f.lower().endswith(".gguf")]
+    Plain means: not split into parts, not PowerInfer-only, closest to the repository root, then
+    shortest name (`model-Q4_0.gguf` before `model-Q4_0-imatrix.gguf`)."""
+    ggufs = [f for f in files if f.lower().endswith(".gguf") and not is_powerinfer_only(f)]
     matches = [f for f in ggufs if re.search(pattern, PurePosixPath(f).name)]
     whole = [f for f in matches if not _SPLIT.search(f)]
     if not whole:
@@ -148,6 +150,11 @@ def choose_gguf(repo: str, files: list[str], pattern: str = DEFAULT_GGUF_PATTERN
         raise ModelNotFound(f"{repo}: {why} (GGUF files: {listed}); choose one with {repo}:FILE")
     ordered = sorted(whole, key=lambda f: (f.count("/"), len(PurePosixPath(f).name), f))
     return ordered[0], ordered[1:]
+
+
+def is_powerinfer_only(file: str) -> bool:
+    """A `.powerinfer.gguf`: PowerInfer-only fused operators, never chosen nor converted."""
+    return file.lower().endswith(POWERINFER_SUFFIX)
 
 
 def wanted_checkpoint_files(files: list[str]) -> list[str]:

@@ -39,7 +39,7 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class RepoListing:
-    repo: str
+    repo: str      # the repository's current name (the Hub redirects renamed ones)
     commit: str
     files: dict[str, RemoteFile]
     gated: bool
@@ -108,7 +108,8 @@ class Hub:
             files[sibling.rfilename] = RemoteFile(sibling.rfilename, int(sibling.size or 0), sha256, sibling.blob_id)
         if not info.sha:
             raise StchatError(f"{self.endpoint}: no commit reported for {repo}")
-        return RepoListing(repo=repo, commit=info.sha, files=files, gated=bool(info.gated))
+        # A renamed repository (PowerInfer/... -> Tiiny/...) is redirected to; `id` is its current name.
+        return RepoListing(repo=info.id or repo, commit=info.sha, files=files, gated=bool(info.gated))
 
     def cached_listing(self, repo: str) -> RepoListing | None:
         """The listing as the cache knows it (`refs/main` and its snapshot), for offline pulls.

@@ -62,6 +62,13 @@ def read_record(bundle: Path) -> dict:
     return read_json(bundle / RECORD)
 
 
+def write_record(bundle: Path, record: dict) -> None:
+    """Replace the pull record atomically (a reader sees the old one or the new one)."""
+    tmp = bundle / f".{RECORD}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    os.replace(tmp, bundle / RECORD)
+
+
 def is_complete(bundle: Path) -> bool:
     """A manifest, and every file it lists at its recorded size (what `runtime.load` checks first)."""
     manifest = read_json(bundle / MANIFEST)
@@ -104,14 +111,16 @@ QUANTIZE_NOTES = {
 }
 
 
-def install(source: Path, name: str, record: dict, reporter: Reporter, quantize: str | None = None) -> Path:
+def install(source: Path, name: str, record: dict, reporter: Reporter, quantize: str | None = None,
+            replace: bool = False) -> Path:
     """Convert `source` (GGUF file or checkpoint directory) and install it as `name`; call with the lock held.
     `quantize` (q4_0, q8_0) stores every matrix in that format; None keeps a GGUF's own precision
-    and quantizes a float checkpoint to Q4_0."""
+    and quantizes a float checkpoint to Q4_0. `replace`: an existing `name` (an older conversion
+    of the same file) is swapped out at the end."""
     import runtime  # heavy (numpy, onnxruntime): only now that there is a conversion to run
 
     dest = models_dir() / name
-    if dest.exists():
+    if dest.exists() and not replace:
         raise StchatError(f"{dest} already exists; remove it with `stchat rm {name}` first")
     staged = staging_root() / name
     shutil.rmtree(staged, ignore_errors=True)  # left by a pull killed after converting
@@ -127,7 +136,13 @@ def install(source: Path, name: str, record: dict, reporter: Reporter, quantize:
     record = dict(record, name=name, quantize=quantize,
                   installed=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     (staged / RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(staged, dest)
+    if dest.exists():
+        old = staging_root() / f"{name}.replaced-{os.getpid()}"
+        os.replace(dest, old)
+        os.replace(staged, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, dest)
     reporter.line(f"converted in {time.perf_counter() - started:.1f}s")
     return dest
 

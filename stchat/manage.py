@@ -21,7 +21,7 @@ import typer
 
 from stchat import install
 from stchat.exitcodes import ModelNotFound, UsageError
-from stchat.models import installed_models
+from stchat.models import installed_models, installed_name, not_installed
 from stchat.paths import models_dir
 from stchat.progress import human_bytes
 
@@ -123,16 +123,13 @@ def installed() -> list[Installed]:
 
 
 def find(name: str) -> Installed:
-    """An installed model by name, or by the alias it was pulled as (`4b`)."""
-    models = installed()
-    for model in models:
-        if model.name == name:
-            return model
-    for model in models:
-        if model.record.get("alias") == name.lower():
-            return model
-    known = ", ".join(m.name for m in models) or "none"
-    raise ModelNotFound(f"no installed model named '{name}' (installed: {known})")
+    """An installed model by name or alias (`4b`), as every command names it (`models.installed_name`)."""
+    found = installed_name(name)
+    if found is None:
+        raise not_installed(name)
+    root = models_dir()
+    return Installed(found, root / found, install.read_json(root / found / install.MANIFEST),
+                     install.read_record(root / found))
 
 
 def list_command(

@@ -1,35 +1,23 @@
-"""Finding the model the user means: `-m` as an installed name, a bundle directory or a GGUF file.
+"""Finding the model the user means, by any of its names, for every command and the chat app.
 
-The runtime only loads bundles. Users, though, arrive with whatever they have: a GGUF file they
-downloaded, a bundle they converted elsewhere, or the name of a model installed under
-`paths.models_dir()`. This module maps all of those to one bundle directory, converting a GGUF
-file the first time it is seen and reusing that conversion afterwards (matched by the source
-file's name, size and mtime recorded in the bundle's manifest). Without `-m`, `STCHAT_MODEL`
-names the model, else the only installed one is used.
+A model is named the same way everywhere (`ask -m`, `STCHAT_MODEL`, `show`, `rm`, the app):
+its installed name (`smallthinker-4b`), the alias it is pulled by (`4b`, from
+`assets/models.json`), a bundle directory, or a GGUF file (converted once, `stchat/imports.py`).
+Without a name, `STCHAT_MODEL` chooses, then the default model set in the app (F4, saved in
+the settings), then the only installed model. An alias that is not installed says how to get it.
 """
 from __future__ import annotations
 
-import inspect
-import json
 import os
-import shutil
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from stchat.exitcodes import ModelNotFound, UsageError
 from stchat.paths import models_dir
+from stchat.progress import Reporter
 
 MODEL_ENV = "STCHAT_MODEL"
 MANIFEST = "manifest.json"
-
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -39,109 +27,90 @@ class ResolvedModel:
 
 
 def installed_models() -> list[str]:
-    """Names of complete bundles under the models directory (hidden work directories skipped)."""
+    """Names of bundles under the models directory (hidden work directories skipped)."""
     return sorted(p.name for p in models_dir().iterdir()
                   if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file())
 
 
-def resolve(spec: str | None, log: Log = _stderr) -> ResolvedModel:
-    """The bundle for `-m spec` (None: STCHAT_MODEL, else the single installed model)."""
-    spec = (spec or "").strip() or os.environ.get(MODEL_ENV, "").strip()
+def installed_name(spec: str) -> str | None:
+    """The installed model `spec` names: itself, or the model its alias installs (`4b` ->
+    `smallthinker-4b`), or one pulled under that alias (`smallthinker-4b-hf`)."""
+    from stchat import catalog, install
+
+    installed = installed_models()
+    if spec in installed:
+        return spec
+    try:
+        row = catalog.find_alias(spec)
+    except Exception:   # no table in this installation: names still work
+        row = None
+    if row is not None and row.name in installed:
+        return row.name
+    key = spec.strip().lower()
+    return next((name for name in installed if install.read_record(models_dir() / name).get("alias") == key), None)
+
+
+def not_installed(spec: str) -> ModelNotFound:
+    """The error for a name that matches no installed model; an alias says how to pull it."""
+    from stchat import catalog
+
+    installed = ", ".join(installed_models()) or "none"
+    try:
+        row = catalog.find_alias(spec)
+    except Exception:
+        row = None
+    if row is not None:
+        return ModelNotFound(f"model '{spec}' ({row.title}) is not installed; get it with: stchat pull {row.alias}")
+    return ModelNotFound(f"unknown model '{spec}' (installed: {installed}); see stchat list, or stchat pull")
+
+
+def default_model() -> str | None:
+    """STCHAT_MODEL, else the app's default model (settings), as given; None when neither is set."""
+    named = os.environ.get(MODEL_ENV, "").strip()
+    if named:
+        return named
+    from stchat import settings
+
+    try:
+        chosen = settings.load().default_model
+    except (settings.SettingsError, OSError):
+        return None
+    return chosen if chosen and installed_name(chosen) else None   # a removed default is forgotten
+
+
+def resolve(spec: str | None, reporter: Reporter | None = None) -> ResolvedModel:
+    """The bundle for `-m spec` (None: STCHAT_MODEL, the app's default, else the single installed model)."""
+    spec = (spec or "").strip() or default_model()
     if spec:
-        return _resolve_spec(spec, log)
+        return _resolve_spec(spec, reporter or Reporter())
     installed = installed_models()
     if not installed:
-        raise ModelNotFound(f"no model installed in {models_dir()}: pass -m with a .gguf file or a "
-                            f"bundle directory")
+        raise ModelNotFound(f"no model installed in {models_dir()}: get one with stchat pull 4b, or pass -m "
+                            f"with a .gguf file or a bundle directory")
     if len(installed) > 1:
-        raise UsageError(f"several models installed ({', '.join(installed)}): choose one with -m NAME "
-                         f"or {MODEL_ENV}")
+        raise UsageError(f"several models installed ({', '.join(installed)}): choose one with -m NAME, "
+                         f"{MODEL_ENV}, or a default in the app (F4)")
     return ResolvedModel(installed[0], models_dir() / installed[0])
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
     separators = [os.sep] + ([os.altsep] if os.altsep else [])
     return any(s in spec for s in separators) or spec.startswith((".", "~")) or spec.lower().endswith(".gguf")
 
 
-def _resolve_spec(spec: str, log: Log) -> ResolvedModel:
-    if not _looks_like_path(spec) and (models_dir() / spec).is_dir():
-        return ResolvedModel(spec, models_dir() / spec)  # installed name; load() judges its content
+def _resolve_spec(spec: str, reporter: Reporter) -> ResolvedModel:
+    if not looks_like_path(spec):
+        name = installed_name(spec)
+        if name:
+            return ResolvedModel(name, models_dir() / name)   # load() judges its content
     path = Path(spec).expanduser()
-    if path.is_dir():
-        return ResolvedModel(path.name, path.absolute())
-    if path.is_file():
-        return ensure_converted(path, log)
-    if _looks_like_path(spec):
+    if path.is_dir() and not (path / "config.json").is_file() or (path / MANIFEST).is_file():
+        return ResolvedModel(path.name, path.absolute())   # a bundle; load() judges its content
+    if path.exists():   # a GGUF file or a Hugging Face checkpoint directory
+        from stchat.imports import import_local
+
+        name, _ = import_local(path, reporter)
+        return ResolvedModel(name, models_dir() / name)
+    if looks_like_path(spec):
         raise ModelNotFound(f"{spec}: no such file or directory")
-    installed = ", ".join(installed_models()) or "none"
-    raise ModelNotFound(f"unknown model '{spec}' (installed: {installed})")
-
-
-# -- GGUF files: convert once, then reuse ------------------------------------------------------
-def _source_of(bundle: Path) -> dict:
-    try:
-        source = json.loads((bundle / MANIFEST).read_text(encoding="utf-8")).get("source")
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return source if isinstance(source, dict) else {}
-
-
-def _converted_from(bundle: Path, gguf: Path) -> bool:
-    """Whether `bundle` was made from this very file, unchanged since (name, size and mtime)."""
-    source, stat = _source_of(bundle), gguf.stat()
-    try:
-        return (source.get("name") == gguf.name and int(source.get("size", -1)) == stat.st_size
-                and abs(float(source.get("mtime", -1)) - stat.st_mtime) < 1e-3)
-    except (TypeError, ValueError):
-        return False
-
-
-def _same_file(bundle: Path, gguf: Path) -> bool:
-    """Whether `bundle` came from a GGUF at this path (possibly since modified)."""
-    recorded = _source_of(bundle).get("path")
-    return bool(recorded) and Path(recorded) == gguf.resolve()
-
-
-def ensure_converted(gguf: Path, log: Log = _stderr) -> ResolvedModel:
-    """The bundle converted from `gguf`: an existing conversion if still current, else a new one."""
-    root, gguf = models_dir(), gguf.absolute()
-    for name in installed_models():
-        if _converted_from(root / name, gguf):
-            return ResolvedModel(name, root / name)
-    name = gguf.stem
-    replace = (root / name).exists() and _same_file(root / name, gguf)  # the file changed: redo it
-    if (root / name).exists() and not replace:
-        suffix = 2
-        while (root / f"{gguf.stem}-{suffix}").exists():
-            suffix += 1
-        name = f"{gguf.stem}-{suffix}"
-    dest = root / name
-    target = root / f".{name}.new-{os.getpid()}" if replace else dest
-    _convert(gguf, target, log)
-    if replace:
-        old = root / f".{name}.old-{os.getpid()}"
-        os.replace(dest, old)
-        os.replace(target, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    return ResolvedModel(name, dest)
-
-
-def _convert(gguf: Path, dest: Path, log: Log) -> None:
-    import runtime  # heavy: only when a conversion is really needed
-
-    shown = dest.parent / dest.name.split(".new-")[0].lstrip(".")
-    log(f"converting {gguf} -> {shown}")
-    started = time.perf_counter()
-    kwargs = {}
-    if sys.stderr.isatty() and "progress" in inspect.signature(runtime.convert).parameters:
-        def progress(stage: str, done: int, total: int) -> None:
-            print(f"\r  {stage} {done}/{total}\x1b[K", end="", file=sys.stderr, flush=True)
-
-        kwargs["progress"] = progress
-    try:
-        runtime.convert(gguf, dest, **kwargs)
-    finally:
-        if kwargs:
-            print("\r\x1b[K", end="", file=sys.stderr, flush=True)
-    log(f"converted in {time.perf_counter() - started:.1f}s")
+    raise not_installed(spec)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -47,7 +48,9 @@ def installed_from(spec: HubSpec) -> str | None:
     for name in names:
         bundle = root / name
         record = install.read_record(bundle)
-        if (record.get("repo") == spec.repo and (spec.file is None or record.get("file") == spec.file)
+        same_repo = (record.get("repo") == spec.repo   # or pulled by the alias, under the organisation's old name
+                     or (spec.alias is not None and record.get("alias") == spec.alias.alias))
+        if (same_repo and (spec.file is None or record.get("file") == spec.file)
                 and record.get("verified") and install.is_complete(bundle)):
             return name
     return None
@@ -65,6 +68,9 @@ def plan(spec: HubSpec, listing: RepoListing, report) -> tuple[str, str, list[Re
         kind = "gguf" if has_gguf else "hf"
     if kind == "gguf":
         if spec.file:
+            if catalog.is_powerinfer_only(spec.file):
+                raise UsageError(f"{spec.file} is PowerInfer's own format (fused operators only PowerInfer runs); "
+                                 f"choose the plain .gguf of {spec.repo}")
             if spec.file not in listing.files:
                 ggufs = ", ".join(n for n in names if n.lower().endswith(".gguf")) or "none"
                 raise ModelNotFound(f"{spec.file} is not in {spec.repo} (GGUF files: {ggufs})")
@@ -145,6 +151,10 @@ def pull_hub(spec: HubSpec, hub: Hub, reporter: Reporter, keep_source: bool, yes
         listing = hub.listing(spec.repo)   # offline: says HF_HUB_OFFLINE forbids it
     else:
         reporter.line(f"HF_HUB_OFFLINE is set: using {spec.repo} from the Hugging Face cache")
+    repo = listing.repo   # the current name: the Hub redirects renamed repositories
+    if repo != spec.repo:
+        reporter.line(f"{spec.repo} is now called {repo} (the Hub redirected the old name)")
+        spec = replace(spec, repo=repo)
     try:
         kind, main, files = plan(spec, listing, reporter.line)
     except ModelNotFound as error:
@@ -187,30 +197,19 @@ def pull_hub(spec: HubSpec, hub: Hub, reporter: Reporter, keep_source: bool, yes
 
 
 def pull_local(path: Path, reporter: Reporter, quantize: str | None = None) -> str:
-    """Import a GGUF file or Hugging Face checkpoint directory: no network at all."""
+    """Import a GGUF file or Hugging Face checkpoint directory: no network at all. A file that
+    `ask -m` (or an earlier pull) already converted is not converted again."""
+    from stchat.imports import import_local
+
     if path.is_dir() and (path / install.MANIFEST).is_file():
         raise UsageError(f"{path} is already a model bundle: use it directly with -m {path}")
     if path.is_dir() and not (path / "config.json").is_file():
         raise UsageError(f"{path}: not a Hugging Face checkpoint directory (no config.json)")
     if path.is_file() and path.suffix.lower() != ".gguf":
         raise UsageError(f"{path}: not a .gguf file")
-    stat = path.stat()
-    root = models_dir()
-    for name in sorted(p.name for p in root.iterdir() if not p.name.startswith(".")):
-        record = install.read_record(root / name)
-        if (record.get("path") == str(path.resolve()) and record.get("size") == (stat.st_size if path.is_file() else None)
-                and record.get("mtime") == stat.st_mtime and record.get("quantize") == quantize
-                and install.is_complete(root / name)):
-            reporter.line(f"{name} is already installed (from {path}); nothing to do")
-            return name
-    base = (path.stem if path.is_file() else path.name) + (f"-{quantize}" if quantize else "")
-    name, suffix = base, 2
-    while (root / name).exists():
-        name, suffix = f"{base}-{suffix}", suffix + 1
-    record = {"kind": "gguf" if path.is_file() else "hf", "path": str(path.resolve()), "file": path.name,
-              "size": stat.st_size if path.is_file() else None, "mtime": stat.st_mtime}
-    with install.name_lock(name):
-        install.install(path, name, record, reporter, quantize)
+    name, converted = import_local(path, reporter, quantize)
+    if not converted:
+        reporter.line(f"{name} is already installed (from {path}); nothing to do")
     return name
 
 

@@ -8,6 +8,9 @@ to `/cdn/{sha256}` as the real Hub redirects to its CDN; both honour `Range` wit
 carry `X-Error-Code` (unknown repositories get 401 like the real Hub; gated ones `GatedRepo`
 unless the request carries `GRANTED_TOKEN`).
 
+A renamed repository (`renames[old] = new`, as PowerInfer/... became Tiiny/...) answers its old
+name with `307` to the same URL under the new name, for the API and for `resolve`, as the Hub does.
+
 Tests script failures per file with `faults[path] = [("cut", n), ("drop",), ...]`: each content
 request takes the next fault (send n bytes then close the connection; close without answering;
 `("corrupt",)`: flip a byte). `throttle` limits the content rate. Every request is logged with
@@ -22,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 LFS_SUFFIXES = (".gguf", ".safetensors", ".bin")
 GRANTED_TOKEN = "hf_granted"   # the one token that may download gated repositories
@@ -69,6 +72,7 @@ class HubState:
     log: list[Logged] = field(default_factory=list)
     faults: dict[str, list[tuple]] = field(default_factory=dict)
     throttle: int | None = None          # bytes per second for file content
+    renames: dict[str, str] = field(default_factory=dict)   # old repository id -> current one
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -159,6 +163,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self) -> None:
         url = urlsplit(self.path)
         parts = [unquote(p) for p in url.path.split("/") if p]
+        at = 2 if parts[:2] == ["api", "models"] else 0     # where the repository id starts
+        renamed = self.state.renames.get("/".join(parts[at:at + 2]))
+        if renamed and len(parts) >= at + 2:
+            raw = [p for p in url.path.split("/") if p]
+            moved = "/".join(raw[:at] + [quote(p) for p in renamed.split("/")] + raw[at + 2:])
+            return self._send(307, b"", {"Location": "/" + moved + (f"?{url.query}" if url.query else "")})
         if parts[:2] == ["api", "models"] and len(parts) >= 4:
             return self._api(parts[2] + "/" + parts[3], parts[4:], parse_qs(url.query))
         if parts[:1] == ["cdn"] and len(parts) == 2:
@@ -271,9 +281,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # -- the synthetic models the pull tests serve ---------------------------------------------------
-GGUF_4B = "PowerInfer/SmallThinker-4BA0.6B-Instruct-GGUF"
-GGUF_21B = "PowerInfer/SmallThinker-21BA3B-Instruct-GGUF"
-HF_4B = "PowerInfer/SmallThinker-4BA0.6B-Instruct"
+GGUF_4B = "Tiiny/SmallThinker-4BA0.6B-Instruct-GGUF"
+GGUF_21B = "Tiiny/SmallThinker-21BA3B-Instruct-GGUF"
+HF_4B = "Tiiny/SmallThinker-4BA0.6B-Instruct"
+OLD_ORG, NEW_ORG = "PowerInfer", "Tiiny"   # the organisation's old name redirects to the new one
+POWERINFER_4B = "SmallThinker-4B-Q4_0.powerinfer.gguf"   # PowerInfer-only fused format: never chosen
 PLAIN_4B = "SmallThinker-4B-A0.6B-Instruct-Q4_0.gguf"
 PLAIN_21B = "SmallThinker-21B-A3B-Instruct-Q4_0.gguf"
 SLOW = "test/SmallThinker-Many-Experts-GGUF"   # converts for ~0.5 s: room to kill it midway
@@ -282,8 +294,9 @@ GATED = "test/Gated-GGUF"
 
 
 def serve_synthetic_models(root) -> HubServer:
-    """A server holding tiny SmallThinker checkpoints under the real repository names, next to
-    decoy files the GGUF choice must skip (ARM repacks, other quantizations, split files)."""
+    """A server holding tiny SmallThinker checkpoints under the real repository names (the old
+    PowerInfer/... names redirect to them), next to decoy files the GGUF choice must skip (ARM
+    repacks, other quantizations, split files, PowerInfer's own format)."""
     from dataclasses import replace
     from pathlib import Path
 
@@ -302,6 +315,7 @@ def serve_synthetic_models(root) -> HubServer:
         "README.md": readme, ".gitattributes": b"*.gguf filter=lfs diff=lfs merge=lfs -text\n",
         PLAIN_4B: gguf_4b,
         "SmallThinker-4B-A0.6B-Instruct-Q4_0_4_4.gguf": b"arm repack decoy" * 64,
+        POWERINFER_4B: b"powerinfer decoy" * 64,
         "SmallThinker-4B-A0.6B-Instruct-Q8_0.gguf": b"q8 decoy" * 64,
         "SmallThinker-4B-A0.6B-Instruct-Q4_0-imatrix.gguf": b"imatrix decoy" * 64,
         "split/SmallThinker-4B-A0.6B-Instruct-Q4_0-00001-of-00002.gguf": b"split decoy" * 64})
@@ -310,4 +324,6 @@ def serve_synthetic_models(root) -> HubServer:
     server.add_repo(HF_4B, {p.name: p.read_bytes() for p in sorted(hf_dir.iterdir())} | {"README.md": readme})
     server.add_repo(SLOW, {SLOW_FILE: gguf_slow})
     server.add_repo(GATED, {"gated-Q4_0.gguf": gguf_4b}, gated=True)
+    for repo in (GGUF_4B, GGUF_21B, HF_4B):
+        server.state.renames[repo.replace(NEW_ORG, OLD_ORG, 1)] = repo
     return server

@@ -237,10 +237,15 @@ def test_gguf_is_converted_once_then_reused(stchat_home, cli_models, expected, t
     by_env = run_cli("ask", *args, STCHAT_MODEL="my-model")    # named by the environment
     for done in (by_name, by_default, by_env):
         assert done.returncode == 0 and done.stdout == first.stdout and b"converting" not in done.stderr
-    os.utime(gguf, (time.time() + 60, time.time() + 60))      # the file changed: convert again
+    os.utime(gguf, (time.time() + 60, time.time() + 60))      # touched, same bytes: the sha256 says so
+    touched = run_cli("ask", "-m", str(gguf), *args)
+    assert touched.returncode == 0 and b"converting" not in touched.stderr
+    from runtime import synthetic
+
+    synthetic.write_gguf(synthetic.TINY_4B_LIKE, gguf, seed=1)   # other weights, same size: convert again
     changed = run_cli("ask", "-m", str(gguf), *args)
-    assert changed.returncode == 0 and b"converting" in changed.stderr
-    assert sorted(p.name for p in (stchat_home / "models").iterdir()) == ["my-model"]
+    assert changed.returncode == 0 and b"converting" in changed.stderr and changed.stdout != first.stdout
+    assert sorted(p.name for p in (stchat_home / "models").iterdir() if not p.name.startswith(".")) == ["my-model"]
 
 
 def test_ctrl_c_stops_generation_and_exits_130(stchat_home, cli_models):

@@ -12,6 +12,7 @@ A loaded model is used through: `.config` (num_layers, num_experts, ...),
 """
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from dataclasses import dataclass
@@ -101,8 +102,9 @@ class RuntimeEngine:
     def load(self, name: str, *, memory_budget: int | None, threads: int | None):
         import runtime
         from stchat.models import resolve
+        from stchat.progress import Reporter
 
-        resolved = resolve(name, log=lambda message: None)
+        resolved = resolve(name, Reporter(io.StringIO(), tty=False))
         return runtime.load(resolved.path, memory_budget=memory_budget, threads=threads)
 
     def session(self, model, *, system_prompt: str | None, sampling: dict, messages: list[dict]):
