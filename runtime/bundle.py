@@ -12,6 +12,7 @@ import json
 import mmap
 import os
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +80,10 @@ class BundleWriter:
                                                  "arrays": arrays, "size": size,
                                                  "graph": f"expert.{layout_key(formats)}"}
         self.expert_stride = max(layout["size"] for layout in self.layouts.values())
-        self._experts = open(self.path / "experts.bin", "wb")
+        self._experts = open(self.path / "experts.bin", "w+b")   # read back for the crc32s
         self._experts.truncate(config.num_layers * config.num_experts * self.expert_stride)
         self._experts_written: set[tuple[int, int]] = set()
+        self._expert_crc32 = [0] * (config.num_layers * config.num_experts)   # layer-major, per record
         self.graphs: dict[str, str] = {}
 
     def add_tensor(self, name: str, array: np.ndarray) -> None:
@@ -114,7 +116,16 @@ class BundleWriter:
                                       f"{list(array.shape)} does not match the layer's layout")
                 self._experts.seek(base + spec["offset"])
                 self._experts.write(np.ascontiguousarray(array).tobytes())
+        self._record_crc32(layer, expert, base)
         self._experts_written.add((layer, expert))
+
+    def _record_crc32(self, layer: int, expert: int, offset: int) -> None:
+        """The crc32 of an expert record's bytes as `Bundle.read_expert` will read them (the
+        layer's record size), read back from the page cache."""
+        self._experts.flush()
+        length = self.layouts[self.layer_layouts[layer]]["size"]
+        crc = zlib.crc32(os.pread(self._experts.fileno(), length, offset))
+        self._expert_crc32[layer * self.config.num_experts + expert] = crc
 
     def add_graph(self, name: str, model_bytes: bytes) -> None:
         relative = f"graphs/{name}.onnx"
@@ -140,7 +151,7 @@ class BundleWriter:
             "config": self.config.to_dict(), "source": source,
             "tensors": self.tensors, "matrices": self.matrices,
             "experts": {"file": "experts.bin", "stride": self.expert_stride, "layouts": self.layouts,
-                        "layers": self.layer_layouts},
+                        "layers": self.layer_layouts, "crc32": self._expert_crc32},
             "graphs": self.graphs,
             "tokenizer": "tokenizer.json", "chat_template": "chat_template.jinja",
             "files": files,
@@ -187,6 +198,7 @@ class Bundle:
             experts["layers"] = [key] * self.config.num_layers
         self.expert_layouts = experts["layouts"]
         self.layer_layouts = experts["layers"]
+        self.expert_crc32 = experts.get("crc32")   # None in bundles made before it existed
 
     def matrix_format(self, name: str) -> QuantFormat:
         """How a dense matrix (`embed_tokens`, `lm_head`, `layers.0/attn/o_proj`...) is stored."""
@@ -244,7 +256,18 @@ class Bundle:
         got = os.preadv(self._experts_fd, [memoryview(buffer[:size])], self.expert_offset(layer, expert))
         if got != size:
             raise BundleError(f"{self.path / 'experts.bin'}: short read for layers.{layer}/experts.{expert}")
+        self.check_expert(layer, expert, buffer[:size])
         return {name: self._view(buffer, 0, spec) for name, spec in self._expert_arrays(layer).items()}
+
+    def check_expert(self, layer: int, expert: int, record: np.ndarray) -> None:
+        """Compare an expert record just read (uint8 [the layer's record size]) with the crc32
+        recorded at conversion: damage on disk is caught when the expert is loaded, not printed
+        as garbage text."""
+        if self.expert_crc32 is None:
+            return
+        if zlib.crc32(record) != self.expert_crc32[layer * self.config.num_experts + expert]:
+            raise BundleError(f"{self.path / 'experts.bin'}: layers.{layer}/experts.{expert} is damaged (crc32 "
+                              f"mismatch); check the model with `stchat verify` and convert it again")
 
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows of a dense tensor ([len(rows), *row shape]), read with pread, not through the

@@ -19,6 +19,7 @@ from stchat.bench import bench_command
 from stchat.exitcodes import ExitCode, StchatError
 from stchat.manage import list_command, rm_command, show_command
 from stchat.pull import pull_command
+from stchat.verify import verify_command
 
 app = typer.Typer(
     name="stchat",
@@ -59,6 +60,7 @@ app.command("ls", hidden=True)(list_command)
 app.command("show")(show_command)
 app.command("rm")(rm_command)
 app.command("bench")(bench_command)
+app.command("verify")(verify_command)
 
 
 def _error(message: str) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from stchat import install
+from stchat import catalog, install
+from stchat.exitcodes import UsageError
 from stchat.models import installed_models
 from stchat.paths import models_dir
 from stchat.progress import Reporter
@@ -106,6 +107,9 @@ def import_local(source: Path, reporter: Reporter, quantize: str | None = None) 
     """(installed name, whether it was converted now) for a local GGUF file or checkpoint directory;
     `quantize` (q4_0, q8_0) is `pull --quantize`, installed under its own name (`x-q4_0`)."""
     source = source.absolute()
+    if source.is_file() and catalog.is_powerinfer_only(source.name):
+        raise UsageError(f"{source.name} is PowerInfer's own format (fused operators only PowerInfer runs); "
+                         f"use the plain .gguf of the same model")
     name = find_conversion(source, reporter, quantize)
     if name:
         return name, False

@@ -71,17 +71,28 @@ def write_record(bundle: Path, record: dict) -> None:
 
 def is_complete(bundle: Path) -> bool:
     """A manifest, and every file it lists at its recorded size (what `runtime.load` checks first)."""
-    manifest = read_json(bundle / MANIFEST)
-    files = manifest.get("files")
+    return bundle_problem(bundle) is None
+
+
+def bundle_problem(bundle: Path) -> str | None:
+    """What makes `bundle` incomplete, in a few words (None: every file is there at its size).
+    Sizes only: a full check of the contents is `stchat verify`."""
+    if not (bundle / MANIFEST).is_file():
+        return f"no {MANIFEST}"
+    files = read_json(bundle / MANIFEST).get("files")
     if not isinstance(files, dict) or not files:
-        return False
+        return f"{MANIFEST} is unreadable or lists no files"
     for relative, info in files.items():
         try:
-            if (bundle / relative).stat().st_size != info["size"]:
-                return False
-        except (OSError, KeyError, TypeError):
-            return False
-    return True
+            size, expected = (bundle / relative).stat().st_size, int(info["size"])
+        except FileNotFoundError:
+            return f"{relative} is missing"
+        except (OSError, KeyError, TypeError, ValueError):
+            return f"{relative} cannot be checked"
+        if size != expected:
+            cut = "truncated" if size < expected else "too long"
+            return f"{relative} is {cut} ({size} of {expected} bytes)"
+    return None
 
 
 def pending_state(name: str) -> Path:

@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 
 from stchat import install
-from stchat.exitcodes import ModelNotFound, UsageError
+from stchat.exitcodes import StchatError, UsageError
 from stchat.models import installed_models, installed_name, not_installed
 from stchat.paths import models_dir
 from stchat.progress import human_bytes
@@ -82,6 +82,11 @@ class Installed:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
     @property
+    def problem(self) -> str | None:
+        """Why the bundle is incomplete (a file missing or cut short), None when every file is there."""
+        return install.bundle_problem(self.path)
+
+    @property
     def date(self) -> str:
         stamp = self.record.get("installed") or self.manifest.get("created") or ""
         return stamp.replace("T", " ").rstrip("Z")[:16]
@@ -116,18 +121,30 @@ FORMAT_NAMES = {"q4b32": "4-bit, blocks of 32 (Q4_0)", "q4b32m": "4-bit with min
                 "q8b32m": "8-bit with mins, blocks of 32 (Q5_K, Q5_1)"}
 
 
-def installed() -> list[Installed]:
+def installed(with_incomplete: bool = False) -> list[Installed]:
+    """Installed models; `with_incomplete` adds directories without a manifest (what a damaged
+    install or a hand-made copy leaves), so `list` can flag them."""
     root = models_dir()
+    names = installed_models()
+    if with_incomplete:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     return [Installed(n, root / n, install.read_json(root / n / install.MANIFEST), install.read_record(root / n))
-            for n in installed_models()]
+            for n in names]
+
+
+def warn_incomplete(model: Installed) -> None:
+    print(f"stchat: warning: {model.name} is incomplete: {model.problem}; it cannot run: remove it "
+          f"(stchat rm {model.name}) and install it again", file=sys.stderr, flush=True)
 
 
 def find(name: str) -> Installed:
     """An installed model by name or alias (`4b`), as every command names it (`models.installed_name`)."""
-    found = installed_name(name)
+    found, root = installed_name(name), models_dir()
+    if found is None and not name.startswith(".") and "/" not in name and (root / name).is_dir():
+        raise StchatError(f"{name} is incomplete: {install.bundle_problem(root / name)}; remove it "
+                          f"(stchat rm {name}) and install it again")
     if found is None:
         raise not_installed(name)
-    root = models_dir()
     return Installed(found, root / found, install.read_json(root / found / install.MANIFEST),
                      install.read_record(root / found))
 
@@ -135,17 +152,22 @@ def find(name: str) -> Installed:
 def list_command(
     json_output: Annotated[bool, typer.Option("--json", help="One JSON array on stdout.")] = False,
 ) -> None:
-    """Installed models: name, source repository and file, quantization, size on disk, date."""
-    models = installed()
+    """Installed models: name, source repository and file, quantization, size on disk, date, status."""
+    models = installed(with_incomplete=True)
     rows = [{"name": m.name, "source": m.source, "quantization": m.quantization, "size": m.size,
-             "date": m.date, "path": str(m.path)} for m in models]
+             "date": m.date, "path": str(m.path), "status": "incomplete" if m.problem else "ok",
+             "problem": m.problem} for m in models]
+    for model in models:
+        if model.problem:
+            warn_incomplete(model)
     if json_output:
         print(json.dumps(rows, indent=1))
         return
     if not rows:
         print(f"no models installed in {models_dir()}; get one with: stchat pull 4b", file=sys.stderr)
         return
-    header = {"name": "NAME", "source": "SOURCE", "quantization": "QUANT", "size": "SIZE", "date": "DATE"}
+    header = {"name": "NAME", "source": "SOURCE", "quantization": "QUANT", "size": "SIZE", "date": "DATE",
+              "status": "STATUS"}
     table = [header] + [dict(r, size=human_bytes(r["size"])) for r in rows]
     widths = {k: max(len(str(r[k])) for r in table) for k in header}
     for row in table:
@@ -158,15 +180,19 @@ def show_command(
 ) -> None:
     """Configuration, files, source and memory needed (all in RAM, and with expert offloading)."""
     model = find(name)
-    cfg, memory = model.manifest["config"], model.memory()
+    cfg, memory, problem = model.manifest["config"], model.memory(), model.problem
     files = {rel: info["size"] for rel, info in model.manifest.get("files", {}).items()}
+    if problem:
+        warn_incomplete(model)
     if json_output:
         print(json.dumps({"name": model.name, "path": str(model.path), "source": model.record or
                           model.manifest.get("source"), "quantization": model.quantization, "config": cfg,
-                          "files": files, "size": model.size, "memory": memory, "storage": model.storage()}, indent=1))
+                          "files": files, "size": model.size, "memory": memory, "storage": model.storage(),
+                          "problem": problem}, indent=1))
         return
     rec = model.record
-    lines = [f"name          {model.name}", f"path          {model.path}", f"source        {model.source}"]
+    lines = [f"name          {model.name}", f"path          {model.path}", f"source        {model.source}",
+             f"status        {'INCOMPLETE: ' + problem if problem else 'complete (stchat verify checks the contents)'}"]
     if rec.get("commit"):
         sha = next((f.get("sha256") for f in rec.get("files", []) if f.get("sha256")), None)
         lines.append(f"              commit {rec['commit'][:12]}" + (f", sha256 {sha[:16]}... verified" if sha else ""))

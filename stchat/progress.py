@@ -71,6 +71,12 @@ class Reporter:
             self.line(f"converting: {label} (0/{total})")
         self._stage = label
 
+    def fraction(self, label: str, done: int, total: int) -> None:
+        """Progress through bytes (verification): a redrawn percentage on a terminal, nothing elsewhere."""
+        if self.tty and total:
+            self._draw(f"  {label} {done / total * 100:5.1f}% {human_bytes(done)}/{human_bytes(total)}",
+                       force=done >= total)
+
     def done(self) -> None:
         self._clear()
 

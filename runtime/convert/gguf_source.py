@@ -34,11 +34,30 @@ def gguf_name(name: str) -> str:
     return f"blk.{layer.split('.')[1]}.{suffix}.weight"
 
 
+class _Truncated(Exception):
+    def __init__(self, needed: int):
+        self.needed = needed
+
+
+class _CheckedReader(GGUFReader):
+    """GGUFReader that notices a file cut short: its reads past the end otherwise fail with
+    numpy reshape errors that do not say what is wrong."""
+
+    def _get(self, offset, dtype, count=1, override_order=None):
+        end = int(offset) + int(count) * np.dtype(dtype).itemsize
+        if end > len(self.data):
+            raise _Truncated(end)
+        return super()._get(offset, dtype, count, override_order)
+
+
 class GGUFSource:
     def __init__(self, path: Path, quantize: quant.QuantFormat | None = None):
         self.path, self.force = path, quantize
         try:
-            self.reader = GGUFReader(path)
+            self.reader = _CheckedReader(path)
+        except _Truncated as cut:
+            raise ConversionError(f"{path}: truncated GGUF file ({path.stat().st_size} bytes, its contents need "
+                                  f"at least {cut.needed}); download or copy it again") from None
         except Exception as error:  # gguf raises ValueError, struct errors, mmap errors...
             raise ConversionError(f"{path}: not a readable GGUF file ({error})") from None
         arch = self._field("general.architecture")
