@@ -56,6 +56,20 @@ def installed_from(spec: HubSpec) -> str | None:
     return None
 
 
+def same_file_installed(files: list[RemoteFile], quantize: str | None = None) -> str | None:
+    """An installed, complete model converted (with the same `--quantize`) from a file with this
+    sha256 (pulled under another name, or imported from a local copy), found without downloading."""
+    from stchat.imports import recorded_source
+    from stchat.models import installed_models
+
+    if len(files) != 1 or not files[0].sha256:
+        return None
+    root = models_dir()
+    return next((name for name in installed_models() if recorded_source(root / name).get("sha256") == files[0].sha256
+                 and install.read_record(root / name).get("quantize") == quantize and install.is_complete(root / name)),
+                None)
+
+
 def plan(spec: HubSpec, listing: RepoListing, report) -> tuple[str, str, list[RemoteFile]]:
     """(kind, main file, files to fetch) for `spec`, saying which file was chosen and why."""
     names = sorted(listing.files)
@@ -161,6 +175,10 @@ def pull_hub(spec: HubSpec, hub: Hub, reporter: Reporter, keep_source: bool, yes
         if hub.offline:
             hub.require_online(f"{spec.repo} ({error})")
         raise
+    same = same_file_installed(files, quantize) if kind == "gguf" else None
+    if same:
+        reporter.line(f"{same} is already installed from the same file ({main}, same sha256); nothing to download")
+        return same
     name = catalog.install_name(spec, kind, main) + (f"-{quantize}" if quantize else "")
     dest = models_dir() / name
     if dest.exists():

@@ -8,6 +8,7 @@ mid-conversion.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -110,10 +111,17 @@ def test_pull_alias_then_ask_list_show_offline_and_rm(hub, env):
     answer = run(env, "ask", "--temp", "0", "-n", "8", "-t", "1", "Hello")
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.strip()
+    by_alias = run(env, "ask", "-m", "4b", "--temp", "0", "-n", "8", "-t", "1", "Hello")   # the name it was pulled by
+    by_env = run(env, "ask", "--temp", "0", "-n", "8", "-t", "1", "Hello", STCHAT_MODEL="4b")
+    for done in (by_alias, by_env):
+        assert done.returncode == 0 and done.stdout == answer.stdout, done.stderr
+    missing = run(env, "ask", "-m", "21b", "Hello")
+    assert missing.returncode == 3 and "stchat pull 21b" in errors(missing)[0]
 
     rows = run(env, "list").stdout.splitlines()
-    assert rows[0].split() == ["NAME", "SOURCE", "QUANT", "SIZE", "DATE"]
-    assert rows[1].split()[:4] == ["smallthinker-4b", GGUF_4B, PLAIN_4B, "Q4_0"]
+    assert rows[0].split() == ["NAME", "SOURCE", "QUANT", "SIZE", "DATE", "STATUS"]
+    assert rows[1].split()[:4] == ["smallthinker-4b", GGUF_4B, PLAIN_4B, "Q4_0"] and rows[1].split()[-1] == "ok"
+    assert run(env, "verify", "4b").stdout.startswith("smallthinker-4b: ok")
 
     shown = run(env, "show", "4b")                                       # the alias finds the model
     assert shown.returncode == 0, shown.stderr
@@ -133,6 +141,26 @@ def test_pull_alias_then_ask_list_show_offline_and_rm(hub, env):
     removed = run(env, "rm", "-y", "smallthinker-4b")
     assert removed.returncode == 0 and listed(env) == []
     assert run(env, "show", "smallthinker-4b").returncode == 3
+
+
+def test_the_old_organisation_name_is_followed_and_one_file_is_installed_once(hub, env, tmp_path):
+    old = GGUF_21B.replace("Tiiny/", "PowerInfer/")
+    done = run(env, "pull", old)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "SmallThinker-21B-A3B-Instruct-Q4_0\n"
+    assert f"{old} is now called {GGUF_21B}" in done.stderr and f"chose {PLAIN_21B}" in done.stderr
+    assert any(e.status == 307 for e in hub.log)
+    record = json.loads((Path(env["STCHAT_HOME"]) / "models" / done.stdout.strip() / "stchat-source.json").read_text())
+    assert record["repo"] == GGUF_21B
+    hub.clear_log()
+    by_alias = run(env, "pull", "21b")                      # the same file by its alias: not downloaded again
+    assert by_alias.returncode == 0 and "same sha256" in by_alias.stderr and "converting" not in by_alias.stderr
+    assert hub.content_requests() == [] and by_alias.stdout == done.stdout
+    local = tmp_path / "downloaded-by-a-browser.gguf"       # the same bytes from elsewhere: no conversion
+    local.write_bytes(hub.state.repos[GGUF_21B].files[PLAIN_21B].content)
+    asked = run(env, "ask", "-m", str(local), "--temp", "0", "-n", "4", "-t", "1", "Hello", HF_HUB_OFFLINE="1")
+    assert asked.returncode == 0 and "converting" not in asked.stderr, asked.stderr
+    assert listed(env) == ["SmallThinker-21B-A3B-Instruct-Q4_0"]
 
 
 def test_offline_without_the_model_is_one_clear_error_unless_the_cache_has_it(hub, env):

@@ -54,6 +54,18 @@ def test_choose_gguf_prefers_the_plain_q4_0_file():
         catalog.choose_gguf("o/r", ["m-Q4_0-00001-of-00002.gguf", "m-Q4_0-00002-of-00002.gguf"])
 
 
+def test_choose_gguf_never_takes_a_powerinfer_only_file():
+    chosen, others = catalog.choose_gguf("o/r", ["m.Q4_0.powerinfer.gguf", "model.Q4_0.gguf"])
+    assert chosen == "model.Q4_0.gguf" and others == []
+    with pytest.raises(ModelNotFound, match="no Q4_0 GGUF file"):
+        catalog.choose_gguf("o/r", ["m-Q4_0.powerinfer.gguf", "m-Q4_0.PowerInfer.gguf"])
+
+
+def test_the_alias_table_uses_the_organisations_current_name():
+    for row in catalog.load_table().values():
+        assert row.gguf_repo.startswith("Tiiny/") and row.safetensors_repo.startswith("Tiiny/")
+
+
 @pytest.mark.parametrize("text, expected", [
     ("4b", ("hub", GGUF_4B, None)), ("21B", ("hub", GGUF_21B, None)),
     ("smallthinker-4b", ("hub", GGUF_4B, None)),
@@ -124,6 +136,20 @@ def test_disk_check_counts_what_is_already_downloaded(setup, hub, monkeypatch):
     assert pull._on_disk(hf, GGUF_21B, file) == file.size // 2
     pull.check_disk(hf, GGUF_21B, [file], "gguf", keep_source=True)
     assert seen
+
+
+# -- the renamed organisation ------------------------------------------------------------------
+def test_old_repository_names_are_redirected_for_listings_and_files(setup, hub):
+    from stchat.download import fetch
+
+    hf, reporter = setup
+    old = GGUF_21B.replace("Tiiny/", "PowerInfer/")
+    listing = hf.listing(old)
+    assert listing.repo == GGUF_21B and PLAIN_21B in listing.files         # the current name, from the Hub
+    fetched = fetch(hf, old, listing.commit, listing.files[PLAIN_21B], reporter)   # resolve under the old name
+    assert fetched.path.read_bytes() == hub.state.repos[GGUF_21B].files[PLAIN_21B].content
+    moved = [e for e in hub.log if e.status == 307]
+    assert {e.path.split("?")[0] for e in moved} == {f"/api/models/{old}", f"/{old}/resolve/{listing.commit}/{PLAIN_21B}"}
 
 
 # -- transfer faults ---------------------------------------------------------------------------
