@@ -7,6 +7,7 @@ failure (model missing, budget too small, corrupt bundle) becomes a notification
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from textual.screen import Screen
 from textual.worker import get_current_worker
 
 from stchat import settings as settings_file
+from stchat.models import MODEL_ENV
 from stchat.settings import Settings, SettingsError
 from stchat.storage import StorageError, Store
 from stchat.tui.chat import ChatScreen
@@ -76,6 +78,10 @@ class StchatApp(App):
         for message in self.startup_errors:
             self.notify(message, severity="error", timeout=10)
         self.refresh_installed()
+        wanted = os.environ.get(MODEL_ENV, "").strip()
+        if wanted and not self.installed_as(wanted):
+            self.notify(f"{MODEL_ENV}={wanted} is not installed (stchat pull {wanted} gets an alias); "
+                        f"using the default model.", severity="warning", timeout=10)
         name = self.default_model()
         if name:
             self.load_model(name)
@@ -95,11 +101,27 @@ class StchatApp(App):
     def installed_names(self) -> list[str]:
         return [info.name for info in self.installed]
 
-    def default_model(self) -> str | None:
-        """The settings' default when installed, else the first installed model."""
+    def installed_as(self, wanted: str | None) -> str | None:
+        """The installed model `wanted` names: itself or, for an alias (`4b`), the model it installs."""
         names = self.installed_names()
-        if self.settings.default_model in names:
-            return self.settings.default_model
+        if not wanted or wanted in names:
+            return wanted or None
+        from stchat.catalog import find_alias
+
+        try:
+            row = find_alias(wanted)
+        except Exception:   # no alias table: names still work
+            row = None
+        return row.name if row is not None and row.name in names else None
+
+    def default_model(self) -> str | None:
+        """The model new conversations use, as for `stchat ask`: STCHAT_MODEL, else the default
+        set in Models (F4), else the first installed model."""
+        for wanted in (os.environ.get(MODEL_ENV, "").strip(), self.settings.default_model):
+            name = self.installed_as(wanted)
+            if name:
+                return name
+        names = self.installed_names()
         return names[0] if names else None
 
     def want_model(self, name: str | None) -> None:

@@ -176,6 +176,7 @@ class ChatScreen(Screen):
 
     async def action_new_conversation(self) -> None:
         await self.open_conversation(None)
+        self.app.want_model(self.app.default_model())   # new chats start on the default model
         await self.refresh_conversations()
         self.query_one(PromptInput).focus()
 
@@ -213,17 +214,22 @@ class ChatScreen(Screen):
             return
         conversation = self.app.store.conversation(target)
 
-        def done(result: tuple[str, dict] | None) -> None:
+        def done(result: tuple[str, dict, str | None] | None) -> None:
             if result is None:
                 return
-            system_prompt, sampling = result
-            self.app.store.update_conversation(target, system_prompt=system_prompt.strip() or None, sampling=sampling)
+            system_prompt, sampling, model = result
+            self.app.store.update_conversation(target, system_prompt=system_prompt.strip() or None, sampling=sampling,
+                                               model=model or conversation.model)
             if self.session_key is not None and self.session_key[0] == target:
                 self.session = self.session_key = None  # the next reply starts a session with them
+            if target == self.conversation_id:
+                self.app.want_model(model)
             self.app.notify("Conversation settings saved: the next reply uses them.")
 
+        model = conversation.model or self.app.model_name or self.app.default_model()
         self.app.push_screen(ConversationSettingsScreen(conversation.title, conversation.system_prompt or "",
-                                                        conversation.sampling, self.app.settings), done)
+                                                        conversation.sampling, self.app.settings,
+                                                        models=self.app.installed_names(), model=model), done)
 
     def action_delete(self) -> None:
         target = self._target()

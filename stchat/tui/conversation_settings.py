@@ -1,7 +1,7 @@
-"""One conversation's own settings: its system prompt and sampling parameters.
+"""One conversation's own settings: its model, system prompt and sampling parameters.
 
-New conversations start from the defaults in Settings (F5); this dialog (F9) changes what a
-conversation keeps for itself. Values are checked by the same rules as the settings file, and
+New conversations start on the default model (Models, F4) with the defaults in Settings (F5);
+this dialog (F9) changes what a conversation keeps for itself. Values are checked by the same rules as the settings file, and
 the next reply uses them (a changed system prompt means the conversation is prefilled again).
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static, TextArea
+from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
 from stchat.settings import Settings, SettingsError
 from stchat.tui.modals import DIALOG_CSS
@@ -25,14 +25,14 @@ SAMPLING_FIELDS = [  # (field, label)
 ]
 
 
-class ConversationSettingsScreen(ModalScreen[tuple[str, dict] | None]):
-    """Dismisses with (system prompt, sampling dict) when saved, None when cancelled."""
+class ConversationSettingsScreen(ModalScreen[tuple[str, dict, str | None] | None]):
+    """Dismisses with (system prompt, sampling dict, model) when saved, None when cancelled."""
 
     DEFAULT_CSS = "ConversationSettingsScreen { align: center middle; }" + DIALOG_CSS + """
     ConversationSettingsScreen .dialog { width: 72; max-height: 100%; }
     ConversationSettingsScreen .field { height: 3; }
     ConversationSettingsScreen .field Label { width: 28; padding: 1 1 0 0; margin: 0; }
-    ConversationSettingsScreen .field Input { width: 1fr; }
+    ConversationSettingsScreen .field Input, ConversationSettingsScreen .field Select { width: 1fr; }
     ConversationSettingsScreen #system_prompt { height: 5; }
     ConversationSettingsScreen #errors { color: $error; height: auto; }
     ConversationSettingsScreen Input.-invalid { border: tall $error; }
@@ -42,14 +42,21 @@ class ConversationSettingsScreen(ModalScreen[tuple[str, dict] | None]):
         Binding("ctrl+s", "save", "Save", id="conversation_settings.save"),
     ]
 
-    def __init__(self, title: str, system_prompt: str, sampling: dict, defaults: Settings):
+    def __init__(self, title: str, system_prompt: str, sampling: dict, defaults: Settings,
+                 models: list[str] = (), model: str | None = None):
         super().__init__()
         self.conversation_title, self.system_prompt = title, system_prompt
         self.sampling, self.defaults = sampling, defaults
+        self.models, self.model = list(models), model
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="dialog"):  # scrolls on short terminals
             yield Label(f"Settings of “{self.conversation_title}”")
+            if self.models:
+                with Horizontal(classes="field"):
+                    yield Label("Model")
+                    yield Select([(name, name) for name in self.models], id="model", allow_blank=False,
+                                 value=self.model if self.model in self.models else self.models[0])
             yield Label("System prompt")
             yield TextArea(self.system_prompt, id="system_prompt")
             for name, label in SAMPLING_FIELDS:
@@ -77,7 +84,8 @@ class ConversationSettingsScreen(ModalScreen[tuple[str, dict] | None]):
                 for field in self.query(f"#{problem.split(':', 1)[0]}"):
                     field.add_class("-invalid")
             return
-        self.dismiss((self.query_one("#system_prompt", TextArea).text, checked.sampling()))
+        model = self.query_one("#model", Select).value if self.models else None
+        self.dismiss((self.query_one("#system_prompt", TextArea).text, checked.sampling(), model))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

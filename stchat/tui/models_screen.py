@@ -6,6 +6,7 @@ model a reply is being written with.
 """
 from __future__ import annotations
 
+import os
 from collections import deque
 
 from textual import on, work
@@ -16,6 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 from textual.worker import get_current_worker
 
+from stchat.models import MODEL_ENV
 from stchat.tui.engine import PullCancelled, describe_error
 from stchat.tui.messages import ModelDeleted, PullDone, PullProgress
 from stchat.tui.modals import ConfirmScreen
@@ -106,7 +108,9 @@ class ModelsScreen(Screen):
         if name is None:
             return
         self.app.apply_settings(self.app.settings.replace(default_model=name))
-        self.app.notify(f"{name} is the default model for new conversations.")
+        overridden = os.environ.get(MODEL_ENV, "").strip()
+        note = f" ({MODEL_ENV}={overridden} chooses while it is set)" if overridden else ""
+        self.app.notify(f"{name} is the default model for new conversations and stchat ask.{note}")
         self.refresh_table()
 
     def action_use(self) -> None:
