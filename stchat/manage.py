@@ -137,10 +137,13 @@ def warn_incomplete(model: Installed) -> None:
           f"(stchat rm {model.name}) and install it again", file=sys.stderr, flush=True)
 
 
-def find(name: str) -> Installed:
-    """An installed model by name or alias (`4b`), as every command names it (`models.installed_name`)."""
+def find(name: str, incomplete_too: bool = False) -> Installed:
+    """An installed model by name or alias (`4b`), as every command names it (`models.installed_name`).
+    `incomplete_too`: a model directory without a manifest is returned (for `rm`), not refused."""
     found, root = installed_name(name), models_dir()
     if found is None and not name.startswith(".") and "/" not in name and (root / name).is_dir():
+        if incomplete_too:
+            return Installed(name, root / name, {}, install.read_record(root / name))
         raise StchatError(f"{name} is incomplete: {install.bundle_problem(root / name)}; remove it "
                           f"(stchat rm {name}) and install it again")
     if found is None:
@@ -228,7 +231,7 @@ def rm_command(
     yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Remove an installed model (the Hugging Face cache is left alone)."""
-    model = find(name)
+    model = find(name, incomplete_too=True)
     if not yes:
         if not (sys.stdin.isatty() and sys.stderr.isatty()):
             raise UsageError(f"not removing {model.name} without confirmation: pass -y")

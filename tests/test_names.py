@@ -163,7 +163,9 @@ def test_list_show_and_verify_flag_a_truncated_bundle(stchat_home, mine):
     assert verified.returncode == 1 and "truncated" in errors(verified)[0]
     (stchat_home / "models" / "mine" / "manifest.json").unlink()        # not even a manifest
     assert "mine is incomplete: no manifest.json" in run("list").stderr
-    assert run("show", "mine").returncode == 1
+    shown = run("show", "mine")
+    assert shown.returncode == 1 and "stchat rm mine" in errors(shown)[0]
+    assert run("rm", "-y", "mine").returncode == 0 and models(stchat_home) == []
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.01])   # cut in the tensor data / in the metadata
