@@ -184,3 +184,18 @@ def test_a_powerinfer_only_gguf_is_refused(stchat_home, gguf, tmp_path):
     done = run("pull", str(fused))
     assert done.returncode == 2 and "PowerInfer" in errors(done)[0]
     assert models(stchat_home) == []
+
+
+def test_verify_reports_progress_on_stderr_for_big_files(stchat_home, mine, monkeypatch):
+    import io
+
+    from stchat import verify
+    from stchat.progress import Reporter
+
+    assert run("pull", str(mine)).returncode == 0
+    monkeypatch.setattr(verify, "BIG_FILE", 1 << 16)        # the tiny model's experts.bin counts as big
+    for tty in (False, True):
+        reporter = Reporter(io.StringIO(), tty=tty)
+        verify.verify_bundle("mine", stchat_home / "models" / "mine", reporter)
+        text = reporter.stream.getvalue()
+        assert "verifying experts.bin" in text and ("100.0%" in text) is tty
