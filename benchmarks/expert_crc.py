@@ -12,6 +12,7 @@ Writes benchmarks/EXPERT-CRC.md.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -89,7 +90,8 @@ def main() -> None:
     rows = [measure("4B", FULL_4B, args.repeats), measure("21B", FULL_21B, args.repeats)]
     lines = ["# crc32 check of expert records: cost per expert read", "",
              f"`python benchmarks/expert_crc.py --repeats {args.repeats}`, medians, this machine, "
-             f"zlib {zlib.ZLIB_RUNTIME_VERSION}; records read with pread from the page cache.", "",
+             f"zlib {zlib.ZLIB_RUNTIME_VERSION}; records read with pread from the page cache; load average "
+             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs while measuring (other work shares them).", "",
              "| model | record | read | read + crc32 | crc32 alone | crc32 speed | read + crc32 + session build (a miss) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

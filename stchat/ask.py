@@ -193,8 +193,8 @@ def ask_command(
     prompt: Annotated[Optional[str], typer.Argument(
         help="The question. Text piped on stdin is placed before it.", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option(
-        "-m", "--model", help="Installed model name, bundle directory or .gguf file "
-        "(converted once). Default: $STCHAT_MODEL or the only installed model.")] = None,
+        "-m", "--model", help="Installed model name or alias (4b), bundle directory or .gguf file "
+        "(converted once). Default: $STCHAT_MODEL, the app's default model (F4), or the only installed one.")] = None,
     system: Annotated[Optional[str], typer.Option("-s", "--system", help="System prompt.")] = None,
     temp: Annotated[Optional[float], typer.Option("--temp", help="Temperature; 0 is greedy (runtime default 0.6).")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Keep the k likeliest tokens; 0 disables.")] = None,

@@ -11,6 +11,7 @@ file that changed in place is converted again and replaces its old bundle.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 
 from stchat import catalog, install
@@ -53,9 +54,16 @@ def _same_stat(recorded: dict, found: dict) -> bool:
         return False
 
 
-def sha256_of(path: Path, reporter: Reporter | None = None, chunk: int = 8 << 20) -> str:
-    if reporter is not None and path.stat().st_size >= 256 << 20:
+def sha256_of(path: Path, reporter: Reporter | None = None) -> str:
+    """The file's sha256 (a full read, ~340 MiB/s here), computed once per path, size and mtime."""
+    stat = path.stat()
+    if reporter is not None and stat.st_size >= 256 << 20:
         reporter.line(f"computing the sha256 of {path.name}")
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime)
+
+
+@lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime: float, chunk: int = 8 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
