@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import graphs, q4
+from runtime import graphs, quant
 from runtime.bundle import Bundle, BundleWriter
 from runtime.config import ModelConfig
 from runtime.sessions import make_session
@@ -42,7 +42,7 @@ def scratch_bundle(cfg: ModelConfig, root: Path) -> Bundle:
     writer = BundleWriter(root, cfg)
     H, F = cfg.hidden_size, cfg.expert_ffn_size
     for expert in range(cfg.num_experts):
-        writer.add_expert(0, expert, {name: q4.quantize(rng.standard_normal(shape, dtype=np.float32))
+        writer.add_expert(0, expert, {name: (quant.Q4_0, quant.quantize(rng.standard_normal(shape, dtype=np.float32)))
                                       for name, shape in (("gate", (F, H)), ("up", (F, H)), ("down", (H, F)))})
     writer.add_tensor("norm.weight", np.ones(cfg.hidden_size, np.float32))   # dense.bin must not be empty
     writer.finish({})

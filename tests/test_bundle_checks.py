@@ -22,9 +22,12 @@ def test_every_expert_record_has_the_crc32_of_its_bytes(bundle_copy):
 
     bundle = Bundle(bundle_copy)
     data = (bundle_copy / "experts.bin").read_bytes()
-    stride, cfg = bundle.expert_stride, bundle.config
+    cfg = bundle.config
     assert len(bundle.expert_crc32) == cfg.num_layers * cfg.num_experts
-    assert bundle.expert_crc32 == [zlib.crc32(data[i * stride:(i + 1) * stride]) for i in range(len(bundle.expert_crc32))]
+    records = [(layer, expert) for layer in range(cfg.num_layers) for expert in range(cfg.num_experts)]
+    assert bundle.expert_crc32 == [   # each record's bytes that a read of it uses
+        zlib.crc32(data[bundle.expert_offset(*key):bundle.expert_offset(*key) + bundle.expert_record_bytes(key[0])])
+        for key in records]
 
 
 def test_a_damaged_expert_record_is_refused_when_read(bundle_copy):
