@@ -2,7 +2,7 @@
 
 Public API (relied on by `stchat/` and the tests):
     convert(source, dest) -> Path        a .gguf file or Hugging Face directory -> bundle
-    load(bundle, *, memory_budget=None, threads=None, context=None, kv_dtype="float16") -> Model
+    load(bundle, *, memory_budget=None, threads=None, context=None, kv_dtype="auto") -> Model
     Model.logits(token_ids) -> float32 [S, V]
 and the generation layer (sampling, events, ChatSession). Nothing here imports the UI.
 """

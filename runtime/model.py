@@ -39,21 +39,21 @@ def rope_tables(positions: int, head_dim: int, theta: float) -> tuple[np.ndarray
 
 class Model:
     def __init__(self, bundle: Bundle, *, threads: int | None = None, accuracy_level: int = 4,
-                 context: int | None = None, memory_budget: int | None = None, kv_dtype: str = "float16"):
+                 context: int | None = None, memory_budget: int | None = None, kv_dtype: str = "auto"):
         configure_allocator()
         self.bundle = bundle
         self.config = cfg = bundle.config
         if context is not None and not 1 <= context <= cfg.context_length:
             raise InvalidContext(f"a context of {context} tokens is not possible: this model was trained "
                                  f"for 1 to {cfg.context_length}")
-        if kv_dtype not in KV_DTYPES:
-            raise ValueError(f"kv_dtype must be one of {sorted(KV_DTYPES)}, not {kv_dtype!r}")
+        if kv_dtype not in (*KV_DTYPES, "auto"):
+            raise ValueError(f"kv_dtype must be auto or one of {sorted(KV_DTYPES)}, not {kv_dtype!r}")
         self.threads = init_thread_pool(threads)
         self.accuracy_level = accuracy_level
-        self.kv_dtype = kv_dtype
         self.context_asked = context
         self.max_context = context or cfg.context_length  # the budget may lower it (_expert_budget)
         self.memory_budget = memory_budget if memory_budget is not None else default_budget()
+        self.kv_dtype = kv_dtype if kv_dtype != "auto" else self._auto_kv_dtype()
         try:
             self.tokenizer = Tokenizer.from_str(bundle.text("tokenizer"))
         except Exception as error:
@@ -94,6 +94,19 @@ class Model:
     def resident_bytes(self) -> int:
         """Static estimate of the always-resident part (dense weights + full KV cache), from file sizes."""
         return (self.bundle.path / "dense.bin").stat().st_size + self.kv_bytes()
+
+    def _auto_kv_dtype(self) -> str:
+        """float16 halves the KV cache, but ONNX Runtime's CPU attention reads it about 2x slower
+        than float32 (it converts every key and value on each step; benchmarks/KV-CACHE.md). So
+        float32 when the budget holds the whole model with a float32 cache of the full context,
+        float16 when memory is short (then every byte saved is room for experts or context)."""
+        cfg = self.config
+        one_expert = expert_charge(sum(a.nbytes for a in self.bundle.expert(0, 0).values()))
+        float32_cache = KVLayout.for_model(cfg, self.max_context, "float32").nbytes()
+        everything = ((self.bundle.path / "dense.bin").stat().st_size + float32_cache
+                      + cfg.num_layers * cfg.num_experts * one_expert)
+        room = self.memory_budget - allocator_headroom(self.memory_budget) - process_rss()
+        return "float32" if room >= 1.25 * everything else "float16"
 
     def kv_layout(self, capacity: int | None = None) -> KVLayout:
         return KVLayout.for_model(self.config, capacity or self.max_context, self.kv_dtype)
@@ -268,12 +281,13 @@ class Model:
 
 
 def load(bundle: str | Path, *, memory_budget: int | None = None, threads: int | None = None,
-         accuracy_level: int = 4, context: int | None = None, kv_dtype: str = "float16") -> Model:
+         accuracy_level: int = 4, context: int | None = None, kv_dtype: str = "auto") -> Model:
     """Open a bundle directory and build its sessions.
 
     `memory_budget` bounds the process's resident memory in bytes; None means a share of the
     memory available now (`runtime.memory.DEFAULT_SHARE`). Experts beyond it stay on disk.
     `context` is the most tokens a sequence may hold; None: the trained length, or the longest
-    the budget holds. `kv_dtype` stores keys and values in "float16" (default) or "float32"."""
+    the budget holds. `kv_dtype` stores keys and values in "float16" or "float32"; "auto":
+    float32 when the budget holds the whole model with it, else float16 (`_auto_kv_dtype`)."""
     return Model(Bundle(bundle), threads=threads, accuracy_level=accuracy_level, context=context,
                  memory_budget=memory_budget, kv_dtype=kv_dtype)

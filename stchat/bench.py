@@ -75,6 +75,7 @@ def run_once(bundle: Path, args: dict) -> dict:
 def summarize(runs: list[dict]) -> dict:
     keys = [k for k in runs[0] if isinstance(runs[0][k], (int, float))]
     summary = {k: statistics.median(r[k] for r in runs) for k in keys}
+    summary.update({k: v for k, v in runs[0].items() if isinstance(v, str)})  # the same in every run
     summary["runs"] = len(runs)
     return summary
 
@@ -126,7 +127,8 @@ def bench_command(
     print(f"{name}: median of {runs} run(s), {prompt_tokens}-token prompt, {gen_tokens} generated tokens")
     for key, label, fmt in FIELDS:
         print(f"  {label:30} {fmt.format(summary[key])}")
-    print(f"  {'context':30} {summary['context']:.0f} tokens, KV cache {summary['kv_cache'] / 2**20:.0f} MiB when full")
+    print(f"  {'context':30} {summary['context']:.0f} tokens, KV cache {summary['kv_cache'] / 2**20:.0f} MiB when full "
+          f"({summary['kv_dtype']})")
     if summary.get("minimum_budget"):
         print(f"  {'always resident (full context)':30} {summary['always_resident'] / 2**20:.0f} MiB")
         print(f"  {'smallest budget accepted':30} {summary['minimum_budget'] / 2**20:.0f} MiB")

@@ -62,6 +62,7 @@ def measure(bundle: str, memory: int | None, threads: int | None, prompt_tokens:
         "always_resident": model.measured_resident,  # dense sessions, runtime, a full KV cache
         "context": model.max_context,
         "kv_cache": model.kv_bytes(),
+        "kv_dtype": model.kv_dtype,
         "threads": model.threads,
     }
     model.close()

@@ -26,7 +26,7 @@ from stchat.paths import models_dir
 from stchat.progress import human_bytes
 
 SMALLEST_AUTO_CONTEXT = 4096   # runtime.model: the context the minimum budget counts when none is asked
-KV_ITEMSIZE = 2   # runtime.kvcache: keys and values are stored in float16
+KV_ITEMSIZE = 2   # runtime.model: keys and values in float16 whenever memory is short
 _ITEMSIZE = {"uint8": 1, "float32": 4, "float16": 2, "int32": 4, "int64": 8}
 
 
@@ -204,8 +204,9 @@ def show_command(
     lines += [f"  {'total on disk':<22}{human_bytes(model.size):>12}",
               "memory",
               f"  KV cache            {human_bytes(memory['kv_per_token'])} per token at the full context: "
-              f"{human_bytes(memory['kv_cache'])} for {memory['kv_tokens']} tokens (float16"
-              + (f"; sliding layers keep only their window)" if cfg["sliding_window"] else ")"),
+              f"{human_bytes(memory['kv_cache'])} for {memory['kv_tokens']} tokens in float16, twice that in "
+              f"float32 (used when the budget holds the whole model)"
+              + ("; sliding layers keep only their window" if cfg["sliding_window"] else ""),
               f"  all in RAM          {human_bytes(memory['ram'])} (dense {human_bytes(memory['dense'])} + experts "
               f"{human_bytes(memory['experts'])} + the full KV cache)",
               f"  with offloading     at least {human_bytes(memory['minimum'])} (dense + KV cache of "

@@ -27,8 +27,9 @@ def test_bench_json_on_a_model(stchat_home):
     assert result["prefill_tps"] > 0 and result["decode_tps"] > 0 and result["peak_rss"] > 20
     assert 0.0 <= result["hit_rate"] <= 1.0
     assert 0 < result["always_resident"] < result["minimum_budget"]
-    # 40 positions in the global layer, the 8-position window in the three sliding ones, fp16
-    assert result["context"] == 40 and result["kv_cache"] == (40 + 3 * 8) * 2 * 2 * 32 * 2  # positions x K,V x heads x dim x bytes
+    # 40 positions in the global layer, the 8-position window in the three sliding ones
+    itemsize = {"float16": 2, "float32": 4}[result["kv_dtype"]]
+    assert result["context"] == 40 and result["kv_cache"] == (40 + 3 * 8) * 2 * 2 * 32 * itemsize  # K,V x heads x dim
     assert "run 1/2" in out.stderr
 
 
