@@ -37,7 +37,7 @@ class ModelInfo:
 class Engine(Protocol):
     def installed(self) -> list[ModelInfo]: ...
 
-    def load(self, name: str, *, memory_budget: int | None, threads: int | None): ...
+    def load(self, name: str, *, memory_budget: int | None, threads: int | None, context: int | None = None): ...
 
     def session(self, model, *, system_prompt: str | None, sampling: dict, messages: list[dict]): ...
 
@@ -98,12 +98,15 @@ class RuntimeEngine:
         return [ModelInfo(name, root / name, _dir_size(root / name), _source(root / name))
                 for name in installed_models()]
 
-    def load(self, name: str, *, memory_budget: int | None, threads: int | None):
+    def load(self, name: str, *, memory_budget: int | None, threads: int | None, context: int | None = None):
         import runtime
         from stchat.models import resolve
 
         resolved = resolve(name, log=lambda message: None)
-        return runtime.load(resolved.path, memory_budget=memory_budget, threads=threads)
+        try:
+            return runtime.load(resolved.path, memory_budget=memory_budget, threads=threads, context=context)
+        except runtime.InvalidContext:  # the setting is longer than this model was trained for: all of it
+            return runtime.load(resolved.path, memory_budget=memory_budget, threads=threads)
 
     def session(self, model, *, system_prompt: str | None, sampling: dict, messages: list[dict]):
         import runtime
@@ -111,7 +114,7 @@ class RuntimeEngine:
         params, max_tokens = split_sampling(sampling)
         return runtime.ChatSession(model, system_prompt=system_prompt or None,
                                    sampling=runtime.SamplingParams(**params), max_tokens=max_tokens,
-                                   messages=messages)
+                                   context=int(sampling.get("context") or 0) or None, messages=messages)
 
     def pull(self, spec: str, report: Report, cancelled: Cancelled) -> str:
         return run_pull(spec, report, cancelled)
