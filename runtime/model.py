@@ -101,10 +101,9 @@ class Model:
         float32 when the budget holds the whole model with a float32 cache of the full context,
         float16 when memory is short (then every byte saved is room for experts or context)."""
         cfg = self.config
-        one_expert = expert_charge(sum(a.nbytes for a in self.bundle.expert(0, 0).values()))
         float32_cache = KVLayout.for_model(cfg, self.max_context, "float32").nbytes()
         everything = ((self.bundle.path / "dense.bin").stat().st_size + float32_cache
-                      + cfg.num_layers * cfg.num_experts * one_expert)
+                      + sum(layer_charges(self.bundle)) * cfg.num_experts)
         room = self.memory_budget - allocator_headroom(self.memory_budget) - process_rss()
         return "float32" if room >= 1.25 * everything else "float16"
 
