@@ -3,8 +3,10 @@
 The session keeps the exact token ids it has fed the model. A new turn's prompt is those ids
 plus the tokens of the text the chat template adds after them, so the cache's prefix matches
 and `generate` prefills only the new message. When the context would overflow, the oldest
-whole turns are dropped (the system prompt stays) and a `Notice` says so; a single turn that
-cannot fit raises `ContextOverflow`.
+whole turns are dropped (the system prompt stays) until the prompt leaves room to answer,
+and a `Notice` says so. The last message alone may use the whole context (`max_tokens` is a
+most: the reply ends when the context is full); one that cannot fit at all raises
+`ContextOverflow` when `send` is called, before anything is generated.
 """
 from __future__ import annotations
 
@@ -59,8 +61,10 @@ class ChatSession:
             if len(ids) + reserve <= capacity:
                 break
             if len(self.messages) <= 1:
-                raise ContextOverflow(f"the message needs {len(ids)} tokens plus {reserve} to answer; "
-                                      f"the context holds {capacity}")
+                if len(ids) <= capacity:
+                    break  # the message alone: answer in whatever room is left
+                raise ContextOverflow(f"the prompt needs {len(ids)} tokens; the context holds {capacity}",
+                                      len(ids), capacity)
             cut = 1
             while cut < len(self.messages) - 1 and self.messages[cut]["role"] != "user":
                 cut += 1  # drop a whole turn: up to the next user message
@@ -86,6 +90,7 @@ class ChatSession:
         self._cancelled = True
 
     def _reply(self, new_message: bool) -> Iterator:
+        """Fits the prompt now (raising ContextOverflow at once), then returns the event stream."""
         self._cancelled = False
         before = list(self.messages)
         try:
@@ -93,6 +98,9 @@ class ChatSession:
         except ContextOverflow:
             self.messages[:] = before[:-1] if new_message else before  # as it was before
             raise
+        return self._stream(ids, notice)
+
+    def _stream(self, ids: list[int], notice: str | None) -> Iterator:
         if notice:
             yield Notice(notice)
         prompt_text = self._render()

@@ -21,4 +21,12 @@ class BudgetTooSmall(StchatRuntimeError):
 
 
 class ContextOverflow(StchatRuntimeError):
-    """A single turn does not fit in the context window."""
+    """A single turn does not fit in the context window. `needed` and `capacity` are tokens."""
+
+    def __init__(self, message: str, needed: int = 0, capacity: int = 0):
+        super().__init__(message)
+        self.needed, self.capacity = needed, capacity
+
+
+class InvalidContext(StchatRuntimeError, ValueError):
+    """A context length outside what the model was trained for."""

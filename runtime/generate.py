@@ -2,7 +2,8 @@
 
 `generate` reuses whatever prefix of the prompt the KV cache already holds, prefills the
 rest, then samples token by token, yielding `TextDelta`s (UTF-8-safe, stop strings held back
-until they can be ruled out) and one final `Finished` with counts and timings.
+until they can be ruled out) and one final `Finished` with counts and timings. `max_tokens`
+is a most, not a reservation: generation also ends ("length") when the context is full.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from typing import Callable, Iterator, Sequence
 
 from .detokenize import Detokenizer
+from .errors import ContextOverflow
 from .events import Finished, TextDelta
 from .kvcache import KVCache
 
@@ -53,9 +55,12 @@ def generate(model, cache: KVCache, prompt_ids: Sequence[int], sampler, *, max_t
     prompt_ids = list(prompt_ids)
     if not prompt_ids:
         raise ValueError("empty prompt")
+    if len(prompt_ids) > cache.capacity:
+        raise ContextOverflow(f"the prompt needs {len(prompt_ids)} tokens; the context holds {cache.capacity}",
+                              len(prompt_ids), cache.capacity)
     started = time.perf_counter()
-    reused = min(cache.common_prefix(prompt_ids), len(prompt_ids) - 1)  # re-run >= 1 for logits
-    cache.trim(reused)
+    # re-run >= 1 token for its logits; a sliding window may not go back that far (then 0)
+    reused = cache.trim(min(cache.common_prefix(prompt_ids), len(prompt_ids) - 1))
     logits = model.prefill(prompt_ids[reused:], cache)
     prompt_seconds = time.perf_counter() - started
     history = list(prompt_ids)

@@ -90,6 +90,29 @@ def set_accuracy_level(model_bytes: bytes, level: int) -> bytes:
     return model.SerializeToString()
 
 
+def _window_cache(sliding: bool) -> dict:
+    """A sliding layer's KV buffers hold its window, not the sequence (runtime/kvcache.py)."""
+    return {"sliding_window_cache": 1} if sliding else {}
+
+
+def with_kv_cache(model_bytes: bytes, dtype: str) -> bytes:
+    """An attention graph whose KV buffers are of `dtype` ("float16" or "float32") and, on a
+    sliding layer, window-sized. Applied at load, so bundles converted before either existed
+    run with the current cache layout."""
+    model = onnx.load_from_string(model_bytes)
+    elem_type = {"float16": TensorProto.FLOAT16, "float32": TensorProto.FLOAT}[dtype]
+    for value in list(model.graph.input) + list(model.graph.output):
+        if value.name in ("past_key", "past_value", "present_key", "present_value"):
+            value.type.tensor_type.elem_type = elem_type
+    for node in model.graph.node:
+        if node.op_type != "GroupQueryAttention":
+            continue
+        attributes = {attr.name: attr for attr in node.attribute}
+        if attributes["local_window_size"].i > 0 and "sliding_window_cache" not in attributes:
+            node.attribute.append(helper.make_attribute("sliding_window_cache", 1))
+    return model.SerializeToString()
+
+
 def _model(nodes, inits, inputs, outputs, name: str) -> bytes:
     graph = helper.make_graph(nodes, name, inputs, outputs, initializer=inits)
     return helper.make_model(graph, opset_imports=OPSETS, producer_name="stchat").SerializeToString()
@@ -142,6 +165,7 @@ def attention_graph(cfg: ModelConfig, layer: int, accuracy_level: int = 4, forma
         rotary_interleaved=0,
         # keys seen including the current token (ORT 1.32 semantics); -1 = all
         local_window_size=cfg.sliding_window if cfg.sliding_layers[layer] else -1,
+        **_window_cache(cfg.sliding_layers[layer]),
     ))
     for part in (
         _matmul(f"{p}/attn/o_proj", "attn", "attn_out", H, q_width, formats["o_proj"], accuracy_level),

@@ -18,15 +18,15 @@ from tokenizers import Tokenizer
 from . import quant
 from .bundle import Bundle
 from .decode import DecodeBuffers, bind_cache, decode_step
-from .errors import BudgetTooSmall, BundleError
+from .errors import BudgetTooSmall, BundleError, InvalidContext
 from .experts import ExpertStore, layer_charges
-from .graphs import set_accuracy_level
-from .kvcache import KVCache
+from .graphs import set_accuracy_level, with_kv_cache
+from .kvcache import KV_DTYPES, KVCache, KVLayout
 from .memory import allocator_headroom, configure_allocator, minimum_with_headroom, default_budget, format_bytes, process_rss, trim_heap, trim_slack
 from .sessions import init_thread_pool, initializer_names, make_session
 from .template import DEFAULT_CHATML
 
-DEFAULT_CONTEXT = 4096
+SMALLEST_AUTO_CONTEXT = 4096  # positions: with no context asked for, the least a budget must hold
 KV_GRANULE = 256  # positions: a KV cache is charged to the memory budget in steps of this many
 
 
@@ -39,14 +39,21 @@ def rope_tables(positions: int, head_dim: int, theta: float) -> tuple[np.ndarray
 
 class Model:
     def __init__(self, bundle: Bundle, *, threads: int | None = None, accuracy_level: int = 4,
-                 context: int | None = None, memory_budget: int | None = None):
+                 context: int | None = None, memory_budget: int | None = None, kv_dtype: str = "auto"):
         configure_allocator()
         self.bundle = bundle
         self.config = cfg = bundle.config
+        if context is not None and not 1 <= context <= cfg.context_length:
+            raise InvalidContext(f"a context of {context} tokens is not possible: this model was trained "
+                                 f"for 1 to {cfg.context_length}")
+        if kv_dtype not in (*KV_DTYPES, "auto"):
+            raise ValueError(f"kv_dtype must be auto or one of {sorted(KV_DTYPES)}, not {kv_dtype!r}")
         self.threads = init_thread_pool(threads)
         self.accuracy_level = accuracy_level
-        self.max_context = min(context or DEFAULT_CONTEXT, cfg.context_length)
+        self.context_asked = context
+        self.max_context = context or cfg.context_length  # the budget may lower it (_expert_budget)
         self.memory_budget = memory_budget if memory_budget is not None else default_budget()
+        self.kv_dtype = kv_dtype if kv_dtype != "auto" else self._auto_kv_dtype()
         try:
             self.tokenizer = Tokenizer.from_str(bundle.text("tokenizer"))
         except Exception as error:
@@ -54,7 +61,8 @@ class Model:
         self.chat_template = bundle.text("chat_template") or DEFAULT_CHATML
         self.eos_token_ids = tuple(cfg.eos_token_ids)
         self.embedding_format = bundle.matrix_format("embed_tokens")
-        self.rope_cos, self.rope_sin = rope_tables(self.max_context, cfg.head_dim, cfg.rope_theta)
+        # every trained position, before resident memory is measured (4B: 16 MiB)
+        self.rope_cos, self.rope_sin = rope_tables(cfg.context_length, cfg.head_dim, cfg.rope_theta)
         self._rope_values = (ort.OrtValue.ortvalue_from_numpy(self.rope_cos),
                              ort.OrtValue.ortvalue_from_numpy(self.rope_sin))
         self.routers = [np.ascontiguousarray(bundle.tensor(f"layers.{i}/router.weight").T)  # [H, E]
@@ -87,48 +95,82 @@ class Model:
         """Static estimate of the always-resident part (dense weights + full KV cache), from file sizes."""
         return (self.bundle.path / "dense.bin").stat().st_size + self.kv_bytes()
 
-    def kv_bytes(self, positions: int | None = None) -> int:
-        """Bytes of a KV cache holding `positions` (default: the full context)."""
+    def _auto_kv_dtype(self) -> str:
+        """float16 halves the KV cache, but ONNX Runtime's CPU attention reads it about 2x slower
+        than float32 (it converts every key and value on each step; benchmarks/KV-CACHE.md). So
+        float32 when the budget holds the whole model with a float32 cache of the full context,
+        float16 when memory is short (then every byte saved is room for experts or context)."""
         cfg = self.config
-        positions = self.max_context if positions is None else positions
-        return 2 * cfg.num_layers * cfg.num_kv_heads * positions * cfg.head_dim * 4
+        float32_cache = KVLayout.for_model(cfg, self.max_context, "float32").nbytes()
+        everything = ((self.bundle.path / "dense.bin").stat().st_size + float32_cache
+                      + sum(layer_charges(self.bundle)) * cfg.num_experts)
+        room = self.memory_budget - allocator_headroom(self.memory_budget) - process_rss()
+        return "float32" if room >= 1.25 * everything else "float16"
+
+    def kv_layout(self, capacity: int | None = None) -> KVLayout:
+        return KVLayout.for_model(self.config, capacity or self.max_context, self.kv_dtype)
+
+    def kv_bytes(self, positions: int | None = None) -> int:
+        """Bytes of a KV cache of the model's context holding `positions` (default: full)."""
+        return self.kv_layout().nbytes(positions)
 
     def _expert_budget(self, memory_budget: int | None) -> int | None:
-        """Bytes left for expert sessions and the KV cache as it fills; refuses a budget below one
-        layer's working set with a full KV cache."""
+        """Bytes left for expert sessions and the KV cache as it fills. The minimum budget is one
+        layer's working set with a full KV cache of the context asked for; with none asked,
+        of min(SMALLEST_AUTO_CONTEXT, trained length), and the context is then the longest
+        (up to the trained length) that the budget holds."""
+        cfg = self.config
         charge = max(layer_charges(self.bundle))
         # measured: everything resident now (interpreter, libraries, dense sessions); then headroom
         # for memory freed but not yet trimmed and two builds in flight. The minimum counts a full
         # KV cache, so any accepted budget can fill the context.
         resident_without_kv = process_rss() + trim_slack(charge) + 2 * charge
-        self.measured_resident = resident_without_kv + self.kv_bytes()
+        working_set_without_kv = resident_without_kv + cfg.num_experts_per_tok * charge
+        floor = self.context_asked or min(SMALLEST_AUTO_CONTEXT, cfg.context_length)
+        self.minimum_budget = minimum_with_headroom(working_set_without_kv + self.kv_layout(floor).nbytes())
         self._room_for_experts_and_kv = None
-        working_set = self.measured_resident + self.config.num_experts_per_tok * charge
-        self.minimum_budget = minimum_with_headroom(working_set)
-        if memory_budget is None:
-            return None
-        if memory_budget < self.minimum_budget:
+        if memory_budget is not None and memory_budget < self.minimum_budget:
             raise BudgetTooSmall(
-                f"memory budget of {format_bytes(memory_budget)} is too small for this model: it needs at least "
-                f"{format_bytes(self.minimum_budget)} ({format_bytes(self.measured_resident)} always resident "
-                f"+ {self.config.num_experts_per_tok} experts of {format_bytes(charge)} + allocator headroom)")
-        self._room_for_experts_and_kv = memory_budget - allocator_headroom(memory_budget) - resident_without_kv
+                f"memory budget of {format_bytes(memory_budget)} is too small for this model with a context of "
+                f"{floor} tokens: it needs at least {format_bytes(self.minimum_budget)} "
+                f"({format_bytes(resident_without_kv)} always resident + KV cache "
+                f"{format_bytes(self.kv_layout(floor).nbytes())} + {cfg.num_experts_per_tok} experts of "
+                f"{format_bytes(charge)} + allocator headroom)")
+        if memory_budget is not None:
+            room = memory_budget - allocator_headroom(memory_budget) - resident_without_kv
+            if self.context_asked is None:
+                self.max_context = self._longest_context(room - cfg.num_experts_per_tok * charge, floor)
+            self._room_for_experts_and_kv = room
+        self.measured_resident = resident_without_kv + self.kv_bytes()
         return self._room_for_experts_and_kv  # no KV cache written yet
+
+    def _longest_context(self, kv_room: int, floor: int) -> int:
+        """The longest context (a multiple of KV_GRANULE, or the trained length) whose full KV
+        cache fits in `kv_room` bytes; at least `floor`."""
+        trained = self.config.context_length
+        if self.kv_layout(trained).nbytes() <= kv_room:
+            return trained
+        fits = floor
+        while fits + KV_GRANULE < trained and self.kv_layout(fits + KV_GRANULE).nbytes() <= kv_room:
+            fits += KV_GRANULE
+        return fits
 
     def _charge_kv(self, cache: KVCache, positions: int) -> None:
         """Pay for a KV cache as it fills. Its buffers are allocated zeroed and untouched pages
         cost no RAM, so until a conversation grows long the experts may use that room (the
-        4B's full 4096-token cache is 268 MB, a quarter of a 1 GiB budget). Written pages stay
-        resident after a trim, so each live cache is charged its high-water mark."""
+        4B's full 32768-token cache is 1 GiB in float16). Written pages stay resident after a
+        trim, so each live cache is charged its high-water mark."""
         if positions <= cache.high_water:
             return
         cache.high_water = min(cache.capacity, -(-positions // KV_GRANULE) * KV_GRANULE)
         if self._room_for_experts_and_kv is not None:
-            kv_in_use = sum(self.kv_bytes(c.high_water) for c in self._kv_caches)
+            kv_in_use = sum(c.layout.nbytes(c.high_water) for c in self._kv_caches)
             self.experts.set_budget(self._room_for_experts_and_kv - kv_in_use)
 
     def _graph(self, name: str) -> bytes:
         graph = self.bundle.graph(name)
+        if name.endswith(".attention"):
+            graph = with_kv_cache(graph, self.kv_dtype)
         return graph if self.accuracy_level == 4 else set_accuracy_level(graph, self.accuracy_level)
 
     def _session(self, name: str) -> ort.InferenceSession:
@@ -136,9 +178,12 @@ class Model:
         return make_session(graph, {n: self.bundle.tensor(n) for n in initializer_names(graph)})
 
     def new_cache(self, capacity: int | None = None) -> KVCache:
-        cfg = self.config
-        capacity = min(capacity or self.max_context, self.max_context)
-        cache = KVCache(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, capacity)
+        """A KV cache for one sequence of at most `capacity` tokens (default and most: the
+        model's context)."""
+        return self._cache(min(capacity or self.max_context, self.max_context))
+
+    def _cache(self, capacity: int) -> KVCache:
+        cache = KVCache(self.kv_layout(capacity))
         self._kv_caches.add(cache)
         return cache
 
@@ -223,8 +268,11 @@ class Model:
         return self.head_logits(x[-1:])[0]
 
     def logits(self, token_ids) -> np.ndarray:
-        """float32 [S, V]: logits at every position, from an empty context of its own."""
-        cache = self.new_cache(len(token_ids))
+        """float32 [S, V]: logits at every position, from an empty cache of its own sized to
+        the input (up to the trained length, whatever the model's context)."""
+        if not 1 <= len(token_ids) <= self.config.context_length:
+            raise ValueError(f"{len(token_ids)} tokens: logits take 1 to {self.config.context_length}")
+        cache = self._cache(len(token_ids))
         return self.prefill(token_ids, cache, all_logits=True)
 
     def close(self) -> None:
@@ -232,10 +280,13 @@ class Model:
 
 
 def load(bundle: str | Path, *, memory_budget: int | None = None, threads: int | None = None,
-         accuracy_level: int = 4, context: int | None = None) -> Model:
+         accuracy_level: int = 4, context: int | None = None, kv_dtype: str = "auto") -> Model:
     """Open a bundle directory and build its sessions.
 
     `memory_budget` bounds the process's resident memory in bytes; None means a share of the
-    memory available now (`runtime.memory.DEFAULT_SHARE`). Experts beyond it stay on disk."""
+    memory available now (`runtime.memory.DEFAULT_SHARE`). Experts beyond it stay on disk.
+    `context` is the most tokens a sequence may hold; None: the trained length, or the longest
+    the budget holds. `kv_dtype` stores keys and values in "float16" or "float32"; "auto":
+    float32 when the budget holds the whole model with it, else float16 (`_auto_kv_dtype`)."""
     return Model(Bundle(bundle), threads=threads, accuracy_level=accuracy_level, context=context,
-                 memory_budget=memory_budget)
+                 memory_budget=memory_budget, kv_dtype=kv_dtype)

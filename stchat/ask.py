@@ -52,6 +52,25 @@ def memory_budget(option: int | None) -> int | None:
         raise UsageError(f"STCHAT_MEMORY: {error}") from None
 
 
+def context_length(option: int | None) -> int | None:
+    """`--context`, else `$STCHAT_CONTEXT`, else None (the model's trained length)."""
+    if option is not None:
+        return option
+    text = os.environ.get("STCHAT_CONTEXT", "").strip()
+    if not text or text.lower() == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"STCHAT_CONTEXT: not a number of tokens: {text!r}")
+    return int(text)
+
+
+def overflow_message(needed: int, capacity: int, trained: int) -> str:
+    """One line for a prompt that cannot fit: both numbers and what to do about it."""
+    advice = (f"raise it with --context (this model: up to {trained})" if capacity < trained
+              else "this is the model's whole context; shorten the prompt")
+    return f"the prompt is {needed} tokens, more than the context of {capacity}: {advice}"
+
+
 @dataclass
 class AskRequest:
     """Everything `ask` needs, gathered from the command line."""
@@ -63,6 +82,7 @@ class AskRequest:
     max_tokens: int = 1024
     threads: int | None = None
     memory: int | None = None
+    context: int | None = None
     json_output: bool = False
     verbose: bool = False
 
@@ -145,15 +165,23 @@ def ask(request: AskRequest, stdin: TextIO | None, out: TextIO, err: TextIO) -> 
     previous = signal.signal(signal.SIGINT, ctrl_c)
     try:
         started = time.perf_counter()
-        model = runtime.load(resolved.path, memory_budget=request.memory, threads=request.threads)
+        try:
+            model = runtime.load(resolved.path, memory_budget=request.memory, threads=request.threads,
+                                 context=request.context)
+        except runtime.InvalidContext as error:
+            raise UsageError(f"--context: {error}") from None
         load_seconds = time.perf_counter() - started
         try:
             session = runtime.ChatSession(model, system_prompt=request.system, sampling=sampling,
                                           max_tokens=request.max_tokens)
             ctrl_c.session = session
+            try:
+                events = session.send(text)  # a prompt that cannot fit is refused here, stdout untouched
+            except runtime.ContextOverflow as error:
+                raise UsageError(overflow_message(error.needed, error.capacity, model.config.context_length)) from None
             pieces, finished = [], None
             try:
-                for event in session.send(text):
+                for event in events:
                     if isinstance(event, runtime.TextDelta):
                         ctrl_c.streaming = True
                         pieces.append(event.text)
@@ -203,12 +231,16 @@ def ask_command(
     repeat_penalty: Annotated[Optional[float], typer.Option(
         "--repeat-penalty", help="Penalty for repeated tokens; 1 disables.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed, for repeatable sampling.")] = None,
-    max_tokens: Annotated[int, typer.Option("-n", "--max-tokens", min=1, help="Most tokens to generate.")] = 1024,
+    max_tokens: Annotated[int, typer.Option(
+        "-n", "--max-tokens", min=1, help="Most tokens to generate (fewer when the context fills).")] = 1024,
     threads: Annotated[Optional[int], typer.Option(
         "-t", "--threads", min=1, help="CPU threads (default: the CPUs this process may use).")] = None,
     memory: Annotated[Optional[int], typer.Option(
         "--memory", metavar="SIZE", parser=parse_size,
         help="Memory budget for the weights, e.g. 2GiB, 512MB, 1.5G.")] = None,
+    context: Annotated[Optional[int], typer.Option(
+        "-c", "--context", min=1, metavar="TOKENS", help="Most tokens of prompt and answer together. "
+        "Default: $STCHAT_CONTEXT or the model's trained length (less if the memory budget holds less).")] = None,
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object (text, token counts, timings, finish reason) at the end.")] = False,
     verbose: Annotated[bool, typer.Option(
@@ -220,7 +252,7 @@ def ask_command(
     request = AskRequest(prompt=prompt, model=model, system=system,
                          sampling={k: v for k, v in chosen.items() if v is not None},
                          max_tokens=max_tokens, threads=threads, memory=memory_budget(memory),
-                         json_output=json_output, verbose=verbose)
+                         context=context_length(context), json_output=json_output, verbose=verbose)
     code = ask(request, sys.stdin, sys.stdout, sys.stderr)
     if code != ExitCode.OK:
         raise typer.Exit(int(code))

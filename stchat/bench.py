@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from stchat.ask import memory_budget, parse_size
+from stchat.ask import context_length, memory_budget, parse_size
 from stchat.exitcodes import ExitCode, UsageError
 
 FIELDS = [  # key, label, format
@@ -75,6 +75,7 @@ def run_once(bundle: Path, args: dict) -> dict:
 def summarize(runs: list[dict]) -> dict:
     keys = [k for k in runs[0] if isinstance(runs[0][k], (int, float))]
     summary = {k: statistics.median(r[k] for r in runs) for k in keys}
+    summary.update({k: v for k, v in runs[0].items() if isinstance(v, str)})  # the same in every run
     summary["runs"] = len(runs)
     return summary
 
@@ -89,6 +90,9 @@ def bench_command(
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1)] = 512,
     gen_tokens: Annotated[int, typer.Option("--gen-tokens", min=1)] = 64,
     threads: Annotated[Optional[int], typer.Option("-t", "--threads", min=1)] = None,
+    context: Annotated[Optional[int], typer.Option(
+        "-c", "--context", min=1, metavar="TOKENS",
+        help="Context to load the model with (default: $STCHAT_CONTEXT or as `ask` would).")] = None,
     runs: Annotated[int, typer.Option("--runs", min=1)] = 3,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
@@ -106,8 +110,11 @@ def bench_command(
         from stchat.models import resolve
         resolved = resolve(model)
         bundle, name = resolved.path, resolved.name
-    memory = memory_budget(memory)
-    args = {"memory": memory, "threads": threads, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens}
+    memory, context = memory_budget(memory), context_length(context)
+    if context is not None and context < prompt_tokens + gen_tokens:
+        raise UsageError(f"--context {context} cannot hold --prompt-tokens {prompt_tokens} + --gen-tokens {gen_tokens}")
+    args = {"memory": memory, "threads": threads, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
+            "context": context}
     results = []
     for index in range(runs):
         log(f"run {index + 1}/{runs} ...")
@@ -120,6 +127,8 @@ def bench_command(
     print(f"{name}: median of {runs} run(s), {prompt_tokens}-token prompt, {gen_tokens} generated tokens")
     for key, label, fmt in FIELDS:
         print(f"  {label:30} {fmt.format(summary[key])}")
+    print(f"  {'context':30} {summary['context']:.0f} tokens, KV cache {summary['kv_cache'] / 2**20:.0f} MiB when full "
+          f"({summary['kv_dtype']})")
     if summary.get("minimum_budget"):
         print(f"  {'always resident (full context)':30} {summary['always_resident'] / 2**20:.0f} MiB")
         print(f"  {'smallest budget accepted':30} {summary['minimum_budget'] / 2**20:.0f} MiB")

@@ -19,13 +19,16 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(bundle: str, memory: int | None, threads: int | None, prompt_tokens: int, gen_tokens: int) -> dict:
+def measure(bundle: str, memory: int | None, threads: int | None, prompt_tokens: int, gen_tokens: int,
+            context: int | None = None) -> dict:
     import numpy as np
 
     import runtime
 
     started = time.perf_counter()
-    model = runtime.load(bundle, memory_budget=memory, threads=threads, context=prompt_tokens + gen_tokens + 8)
+    model = runtime.load(bundle, memory_budget=memory, threads=threads, context=context)
+    if model.max_context < prompt_tokens + gen_tokens:
+        raise ValueError(f"the context of {model.max_context} tokens cannot hold {prompt_tokens} + {gen_tokens}")
     load_seconds = time.perf_counter() - started
     rng = np.random.default_rng(0)
     vocab = model.config.vocab_size
@@ -57,6 +60,9 @@ def measure(bundle: str, memory: int | None, threads: int | None, prompt_tokens:
         "stall_per_token": (stats.stall_seconds - before[3]) / gen_tokens * 1e3,
         "minimum_budget": model.minimum_budget,
         "always_resident": model.measured_resident,  # dense sessions, runtime, a full KV cache
+        "context": model.max_context,
+        "kv_cache": model.kv_bytes(),
+        "kv_dtype": model.kv_dtype,
         "threads": model.threads,
     }
     model.close()
@@ -66,7 +72,8 @@ def measure(bundle: str, memory: int | None, threads: int | None, prompt_tokens:
 def main() -> int:
     args = json.loads(sys.argv[2])
     try:
-        print(json.dumps(measure(sys.argv[1], args["memory"], args["threads"], args["prompt_tokens"], args["gen_tokens"])))
+        print(json.dumps(measure(sys.argv[1], args["memory"], args["threads"], args["prompt_tokens"],
+                                 args["gen_tokens"], args.get("context"))))
     except Exception as error:  # one line for the parent to show
         print(f"stchat: error: {error}", file=sys.stderr)
         return 1

@@ -25,7 +25,8 @@ from stchat.models import installed_models, installed_name, not_installed
 from stchat.paths import models_dir
 from stchat.progress import human_bytes
 
-DEFAULT_CONTEXT = 4096   # runtime.model.DEFAULT_CONTEXT: the KV cache `ask` allocates by default
+SMALLEST_AUTO_CONTEXT = 4096   # runtime.model: the context the minimum budget counts when none is asked
+KV_ITEMSIZE = 2   # runtime.model: keys and values in float16 whenever memory is short
 _ITEMSIZE = {"uint8": 1, "float32": 4, "float16": 2, "int32": 4, "int64": 8}
 
 
@@ -99,10 +100,21 @@ class Installed:
         layouts = self._expert_layouts()
         one = max(layout["bytes"] for layout in layouts)
         experts = sum(layout["bytes"] for layout in layouts) * cfg["num_experts"]
-        context = min(DEFAULT_CONTEXT, cfg["context_length"])
-        kv = 2 * cfg["num_layers"] * cfg["num_kv_heads"] * context * cfg["head_dim"] * 4
+        context = cfg["context_length"]
+        kv = kv_cache_bytes(cfg, context)
+        floor = kv_cache_bytes(cfg, min(SMALLEST_AUTO_CONTEXT, context))
         return {"dense": dense, "experts": experts, "expert": one, "kv_cache": kv, "kv_tokens": context,
-                "ram": dense + experts + kv, "minimum": dense + kv + cfg["num_experts_per_tok"] * one}
+                "kv_per_token": kv // context, "kv_floor": floor,
+                "ram": dense + experts + kv, "minimum": dense + floor + cfg["num_experts_per_tok"] * one}
+
+
+def kv_cache_bytes(cfg: dict, context: int) -> int:
+    """A full KV cache of `context` tokens, as runtime/kvcache.py lays it out: every position of
+    a global layer, window + window/16 - 1 rows of a sliding one, float16."""
+    window = cfg.get("sliding_window") or 0
+    rows = [min(context, max(window, window + max(1, window // 16) - 1)) if sliding else context
+            for sliding in cfg.get("sliding_layers") or [False] * cfg["num_layers"]]
+    return sum(rows) * 2 * cfg["num_kv_heads"] * cfg["head_dim"] * KV_ITEMSIZE
 
 
 def _prod(shape) -> int:
@@ -217,12 +229,16 @@ def show_command(
     lines += [f"  {fmt:<8}{human_bytes(size):>12}  {FORMAT_NAMES.get(fmt, '')}" for fmt, size in model.storage().items()]
     lines += [f"  {'total on disk':<22}{human_bytes(model.size):>12}",
               "memory",
+              f"  KV cache            {human_bytes(memory['kv_per_token'])} per token at the full context: "
+              f"{human_bytes(memory['kv_cache'])} for {memory['kv_tokens']} tokens in float16, twice that in "
+              f"float32 (used when the budget holds the whole model)"
+              + ("; sliding layers keep only their window" if cfg["sliding_window"] else ""),
               f"  all in RAM          {human_bytes(memory['ram'])} (dense {human_bytes(memory['dense'])} + experts "
-              f"{human_bytes(memory['experts'])} + KV cache {human_bytes(memory['kv_cache'])} for "
-              f"{memory['kv_tokens']} tokens)",
-              f"  with offloading     at least {human_bytes(memory['minimum'])} (dense + KV cache + "
-              f"{cfg['num_experts_per_tok']} experts of one layer), plus the process itself; "
-              f"use stchat ask -m {model.name} --memory SIZE (too small a budget is refused with the exact minimum)"]
+              f"{human_bytes(memory['experts'])} + the full KV cache)",
+              f"  with offloading     at least {human_bytes(memory['minimum'])} (dense + KV cache of "
+              f"{min(SMALLEST_AUTO_CONTEXT, memory['kv_tokens'])} tokens + {cfg['num_experts_per_tok']} experts of "
+              f"one layer), plus the process itself; use stchat ask -m {model.name} --memory SIZE (too small a "
+              f"budget is refused with the exact minimum; without --context the context shrinks to what it holds)"]
     print("\n".join(lines))
 
 

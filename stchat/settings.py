@@ -44,7 +44,10 @@ class Settings:
     repetition_penalty: float = 1.0
     """Above 1 discourages repeated tokens; 1 disables."""
     max_tokens: int = 1024
-    """Most tokens in one reply."""
+    """Most tokens in one reply (fewer when the context fills)."""
+    context: int = 0
+    """Most tokens of a conversation, prompt and replies; 0: the model's trained length (less
+    when the memory budget holds less). A conversation may ask for less in its own settings."""
     system_prompt: str = ""
     """System prompt of new conversations; empty for none."""
     theme: str = "textual-dark"
@@ -66,7 +69,11 @@ class Settings:
         """SamplingParams keywords plus max_tokens, as a conversation stores them."""
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
                 "min_p": self.min_p, "repetition_penalty": self.repetition_penalty,
-                "max_tokens": self.max_tokens}
+                "max_tokens": self.max_tokens, "context": self.context}
+
+    @property
+    def context_tokens(self) -> int | None:
+        return self.context or None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -167,6 +174,7 @@ _CHECKS = {
     "min_p": _float(0.0, 1.0, note=" (0 disables)"),
     "repetition_penalty": _float(0.0, math.inf, low_open=True, note=" (1 disables)"),
     "max_tokens": _int(1, 1_000_000),
+    "context": _int(0, 1_000_000, " (0: the model's trained length)"),
     "system_prompt": _text,
     "theme": _theme,
     "default_model": lambda value: _text(value).strip(),

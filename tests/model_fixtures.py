@@ -41,13 +41,13 @@ def _bundle(layout: str, source: str) -> Path:
     return runtime.convert(src, _ROOT / f"bundle-{layout}-{source}")
 
 
-def model(layout: str, accuracy_level: int = 4):
-    return _model(layout, accuracy_level)
+def model(layout: str, accuracy_level: int = 4, kv_dtype: str = "float16"):
+    return _model(layout, accuracy_level, kv_dtype)
 
 
 @functools.lru_cache(maxsize=None)
-def _model(layout: str, accuracy_level: int):
-    return runtime.load(bundle(layout), accuracy_level=accuracy_level)
+def _model(layout: str, accuracy_level: int, kv_dtype: str):
+    return runtime.load(bundle(layout), accuracy_level=accuracy_level, kv_dtype=kv_dtype)
 
 
 def prompt_ids(text: str = PROMPT) -> list[int]:

@@ -17,7 +17,7 @@ def _stchat(*args, env=None):
 
 def test_bench_json_on_a_model(stchat_home):
     out = _stchat("bench", "-m", str(bundle("21b")), "--runs", "2", "--prompt-tokens", "24",
-                  "--gen-tokens", "6", "--threads", "1", "--json")
+                  "--gen-tokens", "6", "--threads", "1", "--context", "40", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["runs"] == 2 and len(result["per_run"]) == 2
@@ -27,6 +27,9 @@ def test_bench_json_on_a_model(stchat_home):
     assert result["prefill_tps"] > 0 and result["decode_tps"] > 0 and result["peak_rss"] > 20
     assert 0.0 <= result["hit_rate"] <= 1.0
     assert 0 < result["always_resident"] < result["minimum_budget"]
+    # 40 positions in the global layer, the 8-position window in the three sliding ones
+    itemsize = {"float16": 2, "float32": 4}[result["kv_dtype"]]
+    assert result["context"] == 40 and result["kv_cache"] == (40 + 3 * 8) * 2 * 2 * 32 * itemsize  # K,V x heads x dim
     assert "run 1/2" in out.stderr
 
 
@@ -43,6 +46,8 @@ def test_bench_usage_errors(stchat_home):
     assert _stchat("bench").returncode == 2
     assert _stchat("bench", "--synthetic", "7b").returncode == 2
     assert _stchat("bench", "--synthetic", "4b", "--routing", "zipf").returncode == 2
+    too_short = _stchat("bench", "-m", str(bundle("4b")), "--context", "16", "--prompt-tokens", "16")
+    assert too_short.returncode == 2 and "cannot hold" in too_short.stderr
 
 
 def test_synthetic_model_is_built_once(tmp_path, monkeypatch):

@@ -91,12 +91,32 @@ def test_second_turn_prefills_only_new_tokens(m):
     assert [msg["role"] for msg in chat.messages] == ["user", "assistant", "user", "assistant"]
 
 
-def test_regenerate_replaces_last_reply(m):
+@pytest.mark.parametrize("layout", ["4b", "21b"])
+def test_regenerate_replaces_last_reply(layout):
+    m = model(layout, accuracy_level=0)
     chat = ChatSession(m, sampling=SamplingParams(temperature=0.8, seed=1), max_tokens=6)
     _run(chat.send("Say something."))
     _, done, _ = _run(chat.regenerate())
     assert [msg["role"] for msg in chat.messages] == ["user", "assistant"]
-    assert done.prompt_tokens <= 1  # the prompt is still in the cache
+    prompt = len(chat.cache.tokens) - done.generated_tokens
+    if layout == "4b":
+        assert done.prompt_tokens <= 1  # the prompt is still in the cache
+    else:  # the 8-token window moved on during the reply: its old positions are gone
+        assert done.prompt_tokens == prompt > 8
+
+
+def test_max_tokens_is_a_most_generation_stops_when_the_context_is_full(m):
+    ids = prompt_ids()[:20]
+    cache = m.new_cache(48)
+    text, done, _ = _run(generate(m, cache, ids, make_sampler(GREEDY), max_tokens=1000))
+    assert done.reason == "length" and cache.length == 48
+    assert done.generated_tokens == 48 - 20 + 1  # the last token is sampled, never fed back
+
+
+def test_a_prompt_that_fits_only_without_the_reserve_is_answered(m):
+    chat = ChatSession(m, sampling=GREEDY, max_tokens=1024, context=64)
+    _, done, _ = _run(chat.send("word " * 14))  # 58 tokens: more than 64 - a reserve of 64/4
+    assert done.prompt_tokens == 58 and done.reason == "length" and chat.cache.length == 64
 
 
 def test_full_context_drops_oldest_turns_and_says_so(m):
@@ -115,8 +135,9 @@ def test_turn_too_long_for_context_is_refused_cleanly(m):
     chat = ChatSession(m, sampling=GREEDY, max_tokens=4, context=48)
     _run(chat.send("Hi."))
     before = list(chat.messages)
-    with pytest.raises(ContextOverflow, match="context holds 48"):
-        list(chat.send("word " * 200))
+    with pytest.raises(ContextOverflow, match="context holds 48") as refused:
+        chat.send("word " * 200)  # refused at once, before any event
+    assert refused.value.capacity == 48 and refused.value.needed > 200
     assert chat.messages == before
 
 

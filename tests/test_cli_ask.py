@@ -181,6 +181,39 @@ def test_verbose_prints_stats_on_stderr_only(stchat_home, cli_models, expected):
         assert label in err
 
 
+# -- the context -------------------------------------------------------------------------------
+LONG_PROMPT = "word " * 30  # 106 tokens in the chat template of the tiny model
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_a_prompt_that_cannot_fit_is_refused_with_both_numbers(stchat_home, cli_models, how):
+    args, env = (["--context", "64"], {}) if how == "option" else ([], {"STCHAT_CONTEXT": "64"})
+    done = run_cli("ask", "-m", str(cli_models["bundle"]), *GREEDY, *args, LONG_PROMPT, **env)
+    assert done.returncode == 2 and done.stdout == b""
+    err = done.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith("stchat: error: "), err
+    assert "106 tokens" in err and "context of 64" in err and "--context" in err and "512" in err
+
+
+def test_max_tokens_beyond_the_context_stops_when_it_is_full(stchat_home, cli_models):
+    """`-n` is a most: 106 prompt tokens leave 128 - 106 positions, and the last token sampled
+    is never fed back, so 23 tokens come out, finish reason "length"."""
+    done = run_cli("ask", "-m", str(cli_models["bundle"]), *GREEDY, "--context", "128", "-n", "1000", "--json",
+                   LONG_PROMPT)
+    assert done.returncode == 0, done.stderr.decode()
+    result = json.loads(done.stdout)
+    assert result["prompt_tokens"] == 106 and result["finish_reason"] in ("length", "stop")
+    if result["finish_reason"] == "length":
+        assert result["generated_tokens"] == 128 - 106 + 1
+
+
+@pytest.mark.parametrize("bad, env", [(["--context", "513"], {}), (["--context", "0"], {}),
+                                      ([], {"STCHAT_CONTEXT": "lots"})])
+def test_impossible_contexts_are_usage_errors(stchat_home, cli_models, bad, env):
+    done = run_cli("ask", "-m", str(cli_models["bundle"]), *bad, PROMPT, **env)
+    assert done.returncode == 2 and done.stdout == b"", done.stderr.decode()
+
+
 def _json_run(cli_models, *args, input=None) -> dict:
     done = run_cli("ask", "-m", str(cli_models["bundle"]), *GREEDY, "-n", str(N), "--json", *args, input=input)
     assert done.returncode == 0, done.stderr.decode()

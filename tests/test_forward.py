@@ -2,10 +2,16 @@
 import numpy as np
 import pytest
 
-from model_fixtures import PROMPT, hf_config, model, prompt_ids, weights
+import runtime
+from model_fixtures import PROMPT, bundle, hf_config, model, prompt_ids, weights
 from reference import dequantized_q4_weights, reference_logits
 
 LAYOUTS = ["4b", "21b"]
+KV_DTYPES = ["float16", "float32"]
+# Largest logit error from storing keys and values, as a fraction of the largest logit: fp32
+# is float rounding only; fp16 rounds each stored K/V to 11 bits (measured on these models,
+# one token at a time: 1.1e-4 and 1.7e-4; a prefill in one chunk reads fp32 K/V: 3e-7).
+KV_TOLERANCE = {"float32": 1e-4, "float16": 1e-3}
 
 
 @pytest.fixture(scope="module", params=LAYOUTS)
@@ -62,17 +68,20 @@ def test_level4_within_tolerance_and_greedy_agreement(layout):
     assert agree.mean() >= 0.95, f"greedy agreement {agree.mean():.3f}"
 
 
-def test_token_by_token_equals_prefill(layout):
-    m = model(layout, accuracy_level=0)
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES)
+def test_token_by_token_equals_prefill(layout, kv_dtype):
+    m = model(layout, accuracy_level=0, kv_dtype=kv_dtype)
     ids = prompt_ids()[:40]
     full = m.logits(ids)
     cache = m.new_cache()
     steps = np.stack([m.prefill([t], cache) for t in ids])
-    np.testing.assert_allclose(steps, full, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(steps, full, atol=KV_TOLERANCE[kv_dtype] * np.abs(full).max(), rtol=0)
 
 
 def test_chunked_prefill_equals_unchunked(layout):
-    m = model(layout, accuracy_level=4)
+    # float32 K/V: chunking must not change a bit of the arithmetic (float16 K/V are read
+    # rounded by later chunks only; that is checked against the reference above)
+    m = model(layout, accuracy_level=4, kv_dtype="float32")
     ids = prompt_ids()
     whole = m.prefill(ids, m.new_cache(), chunk_size=len(ids))
     for chunk in (1, 7, 16):
@@ -80,7 +89,7 @@ def test_chunked_prefill_equals_unchunked(layout):
 
 
 def test_logits_do_not_disturb_a_cache(layout):
-    m = model(layout, accuracy_level=0)
+    m = model(layout, accuracy_level=0, kv_dtype="float32")
     ids = prompt_ids()[:20]
     cache = m.new_cache()
     first = m.prefill(ids[:10], cache)
@@ -95,3 +104,65 @@ def test_prefill_refuses_overflow(layout):
     cache = m.new_cache(8)
     with pytest.raises(ValueError, match="do not fit"):
         m.prefill(prompt_ids()[:9], cache)
+
+
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES)
+@pytest.mark.parametrize("chunk_size", [1, 5, 100])
+def test_sliding_layers_keep_only_their_window_and_match_the_reference(kv_dtype, chunk_size):
+    """The 21B layout (window 8): each sliding layer's buffer has 8 rows, so a 82-token prompt
+    is evicted from many times over, in chunks smaller and larger than the buffer."""
+    m = model("21b", accuracy_level=0, kv_dtype=kv_dtype)
+    ids = prompt_ids()
+    ref = _reference("21b", ids)
+    cache = m.new_cache()
+    assert [a.shape[2] for a in cache.keys] == [m.max_context, 8, 8, 8]
+    assert cache.keys[0].dtype == np.dtype(kv_dtype)
+    got = m.prefill(ids, cache, chunk_size=chunk_size, all_logits=True)
+    np.testing.assert_allclose(got, ref, atol=KV_TOLERANCE[kv_dtype] * np.abs(ref).max(), rtol=0)
+
+
+def test_a_window_with_slack_evicts_in_steps_and_trims_only_within_one(tmp_path):
+    """A window of 32 gets 33 rows (eviction every 2 tokens); a trim back to a length whose
+    window is still resident keeps the cache, one across an eviction starts over, and both
+    continue exactly."""
+    from dataclasses import replace
+
+    from model_fixtures import LAYOUTS
+    from runtime import synthetic
+
+    spec = replace(LAYOUTS["21b"], sliding_window_size=32)
+    weights_32 = synthetic.make_weights(spec, seed=1)
+    path = runtime.convert(synthetic.write_gguf(spec, tmp_path / "w32.gguf", weights=weights_32), tmp_path / "w32")
+    m = runtime.load(path, accuracy_level=0, kv_dtype="float32")
+    ids = prompt_ids()
+    ref = reference_logits(dequantized_q4_weights(weights_32), spec.hf_config(synthetic.make_tokenizer()), ids)
+    tolerance = 1e-4 * np.abs(ref).max()
+    cache = m.new_cache()
+    assert [a.shape[2] for a in cache.keys][1:] == [33, 33, 33]
+    m.prefill(ids[:59], cache, chunk_size=7)          # 59 > 33: evicted, 26..58 resident
+    assert cache.trim(58) == 58                       # 58 needs 26..57: all there
+    np.testing.assert_allclose(m.prefill(ids[58:], cache, all_logits=True), ref[58:], atol=tolerance, rtol=0)
+    assert cache.trim(40) == 0                        # 40 needs 8..39, long gone: start over
+    assert cache.length == 0 and cache.tokens == []
+    np.testing.assert_allclose(m.prefill(ids, cache, all_logits=True), ref, atol=tolerance, rtol=0)
+
+
+def test_logits_size_their_own_cache_beyond_the_model_context():
+    """Model.logits used to refuse an input longer than the default context (4300 tokens on
+    an 8192-token model); it takes anything up to the trained length."""
+    m = runtime.load(bundle("21b"), accuracy_level=0, context=16)
+    ids = prompt_ids()[:64]
+    assert m.max_context == 16 and len(ids) > m.max_context
+    ref = _reference("21b", ids)
+    np.testing.assert_allclose(m.logits(ids), ref, atol=KV_TOLERANCE["float16"] * np.abs(ref).max(), rtol=0)
+    with pytest.raises(ValueError, match="do not fit"):
+        m.prefill(ids[:17], m.new_cache())
+    with pytest.raises(runtime.InvalidContext, match="trained for 1 to 512"):
+        runtime.load(bundle("21b"), context=513)
+
+
+def test_keys_and_values_are_float32_when_the_model_fits_and_float16_when_memory_is_short():
+    roomy = runtime.load(bundle("21b"))  # a share of this machine's memory: far more than needed
+    assert roomy.kv_dtype == "float32"
+    tight = runtime.load(bundle("21b"), memory_budget=roomy.minimum_budget + (8 << 20))
+    assert tight.kv_dtype == "float16" and tight.new_cache().keys[0].dtype == np.float16

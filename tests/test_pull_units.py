@@ -229,9 +229,16 @@ def test_show_memory_follows_the_runtime_rule(setup, hub):
     pull.pull_hub(spec("21b"), hf, reporter, keep_source=False, yes=True)
     (model,) = manage.installed()
     memory, cfg = model.memory(), model.manifest["config"]
-    assert memory["minimum"] == memory["dense"] + memory["kv_cache"] + cfg["num_experts_per_tok"] * memory["expert"]
+    assert memory["minimum"] == memory["dense"] + memory["kv_floor"] + cfg["num_experts_per_tok"] * memory["expert"]
     assert memory["ram"] == memory["dense"] + memory["kv_cache"] + cfg["num_layers"] * cfg["num_experts"] * memory["expert"]
     import runtime
+
+    # the KV cache as the runtime lays it out (window-sized sliding layers, float16)
+    full = runtime.load(model.path, threads=1, context=cfg["context_length"], kv_dtype="float16")
+    assert memory["kv_cache"] == full.kv_bytes() and memory["kv_tokens"] == cfg["context_length"]
+    assert memory["kv_per_token"] == full.kv_bytes() // cfg["context_length"]
+    floor = runtime.load(model.path, threads=1, context=min(4096, cfg["context_length"]), kv_dtype="float16")
+    assert memory["kv_floor"] == floor.kv_bytes()
 
     with pytest.raises(runtime.BudgetTooSmall):   # the runtime never accepts less than the model's side
         runtime.load(model.path, memory_budget=memory["minimum"] - 1, threads=1)

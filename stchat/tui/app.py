@@ -140,15 +140,15 @@ class StchatApp(App):
             self.pending_model = name  # after the reply in progress
             return
         self.loading, self.load_started = name, time.monotonic()
-        self._load(name, self.settings.memory_bytes, self.settings.thread_count)
+        self._load(name, self.settings.memory_bytes, self.settings.thread_count, self.settings.context_tokens)
 
     @work(thread=True, exclusive=True, group="model", exit_on_error=False)
-    def _load(self, name: str, memory_budget: int | None, threads: int | None) -> None:
+    def _load(self, name: str, memory_budget: int | None, threads: int | None, context: int | None) -> None:
         worker = get_current_worker()
         self.post_message(ModelLoading(name))
         started = time.perf_counter()
         try:
-            model = self.engine.load(name, memory_budget=memory_budget, threads=threads)
+            model = self.engine.load(name, memory_budget=memory_budget, threads=threads, context=context)
         except Exception as error:
             self.post_message(ModelFailed(name, describe_error(error)))
             return
@@ -234,12 +234,13 @@ class StchatApp(App):
             self.notify(f"Unknown theme {name!r}; keeping {self.theme}.", severity="warning")
 
     def apply_settings(self, new: Settings) -> None:
-        """Save and apply: the theme at once, sampling for new chats, memory/threads by reloading."""
+        """Save and apply: the theme at once, sampling for new chats, memory/threads/context by reloading."""
         old, self.settings = self.settings, new
         settings_file.save(new)
         self.apply_theme(new.theme)
-        if (old.memory_budget, old.threads) != (new.memory_budget, new.threads) and self.model_name:
-            self.notify("Reloading the model with the new memory budget and threads.")
+        if (old.memory_budget, old.threads, old.context) != (new.memory_budget, new.threads, new.context) \
+                and self.model_name:
+            self.notify("Reloading the model with the new memory budget, threads and context.")
             self.load_model(self.model_name)
         elif self.model is None and not self.loading and self.default_model():
             self.load_model(self.default_model())

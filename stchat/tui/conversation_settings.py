@@ -1,8 +1,10 @@
-"""One conversation's own settings: its model, system prompt and sampling parameters.
+"""One conversation's own settings: its model, system prompt, sampling parameters and context.
 
 New conversations start on the default model (Models, F4) with the defaults in Settings (F5);
-this dialog (F9) changes what a conversation keeps for itself. Values are checked by the same rules as the settings file, and
-the next reply uses them (a changed system prompt means the conversation is prefilled again).
+this dialog (F9) changes what a conversation keeps for itself. Values are checked by the same
+rules as the settings file, and the next reply uses them (a changed system prompt or context
+means the conversation is prefilled again). Its context can only be at most the one the model
+was loaded with (F5).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ SAMPLING_FIELDS = [  # (field, label)
     ("min_p", "Min p (0: off)"),
     ("repetition_penalty", "Repetition penalty"),
     ("max_tokens", "Max tokens per reply"),
+    ("context", "Context (0: as in Settings)"),
 ]
 
 

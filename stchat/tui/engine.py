@@ -38,7 +38,7 @@ class ModelInfo:
 class Engine(Protocol):
     def installed(self) -> list[ModelInfo]: ...
 
-    def load(self, name: str, *, memory_budget: int | None, threads: int | None): ...
+    def load(self, name: str, *, memory_budget: int | None, threads: int | None, context: int | None = None): ...
 
     def session(self, model, *, system_prompt: str | None, sampling: dict, messages: list[dict]): ...
 
@@ -99,13 +99,16 @@ class RuntimeEngine:
         return [ModelInfo(name, root / name, _dir_size(root / name), _source(root / name))
                 for name in installed_models()]
 
-    def load(self, name: str, *, memory_budget: int | None, threads: int | None):
+    def load(self, name: str, *, memory_budget: int | None, threads: int | None, context: int | None = None):
         import runtime
         from stchat.models import resolve
         from stchat.progress import Reporter
 
         resolved = resolve(name, Reporter(io.StringIO(), tty=False))
-        return runtime.load(resolved.path, memory_budget=memory_budget, threads=threads)
+        try:
+            return runtime.load(resolved.path, memory_budget=memory_budget, threads=threads, context=context)
+        except runtime.InvalidContext:  # the setting is longer than this model was trained for: all of it
+            return runtime.load(resolved.path, memory_budget=memory_budget, threads=threads)
 
     def session(self, model, *, system_prompt: str | None, sampling: dict, messages: list[dict]):
         import runtime
@@ -113,7 +116,7 @@ class RuntimeEngine:
         params, max_tokens = split_sampling(sampling)
         return runtime.ChatSession(model, system_prompt=system_prompt or None,
                                    sampling=runtime.SamplingParams(**params), max_tokens=max_tokens,
-                                   messages=messages)
+                                   context=int(sampling.get("context") or 0) or None, messages=messages)
 
     def pull(self, spec: str, report: Report, cancelled: Cancelled) -> str:
         return run_pull(spec, report, cancelled)

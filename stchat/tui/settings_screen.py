@@ -2,7 +2,7 @@
 
 Every problem is listed under the form and its field is marked; nothing is saved until all are
 fixed. Saving applies what it can at once: the theme, sampling and system prompt for new
-conversations, and the memory budget and threads by reloading the model.
+conversations, and the memory budget, threads and context by reloading the model.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ FIELDS = [  # (field, label, hint)
     ("min_p", "Min p", "in [0, 1]; 0 disables"),
     ("repetition_penalty", "Repetition penalty", "1 disables"),
     ("max_tokens", "Max tokens per reply", ""),
+    ("context", "Context (tokens)", "0: the model's trained length (less if the budget holds less)"),
 ]
 
 

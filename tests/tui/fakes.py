@@ -140,8 +140,9 @@ class FakeEngine:
         return [ModelInfo(name, Path("/models") / name, (i + 1) * 300 * 2**20, f"org/{name}-GGUF")
                 for i, name in enumerate(self.models)]
 
-    def load(self, name: str, *, memory_budget, threads):
+    def load(self, name: str, *, memory_budget, threads, context=None):
         self.calls.append(("load", name, memory_budget, threads))
+        self.context = context
         time.sleep(self.load_delay)
         if self.load_error is not None:
             raise self.load_error

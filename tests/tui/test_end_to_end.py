@@ -76,3 +76,37 @@ async def test_a_budget_below_the_minimum_is_a_readable_error(stchat_home, tiny_
         assert app.model is None
         [note] = [n for n in app._notifications if n.severity == "error"]
         assert note.title == "Cannot load tiny" and "memory budget of 1.0 KiB is too small" in note.message and "needs at least" in note.message
+
+
+async def test_the_context_setting_and_a_conversation_s_own_context(stchat_home, tiny_gguf):
+    """Settings (F5) loads the model with its context; a conversation's own (F9) can ask for less."""
+    import runtime
+
+    from stchat.tui.app import StchatApp
+
+    runtime.convert(tiny_gguf, stchat_home / "models" / "tiny")
+    store = Store.open()
+    app = StchatApp(store=store, settings=Settings(temperature=0.0, max_tokens=500, context=96),
+                    native_clipboard=False)
+    async with app.run_test(size=(110, 40)) as pilot:
+        await wait_for(pilot, lambda: app.model is not None, timeout=60)
+        assert app.model.max_context == 96
+        chat = app.screen
+        chat.query_one("#prompt").insert("Hello there")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(chat.query(MessageView)) == 2 and not chat.generating, timeout=60)
+        assert app.context[1] == 96
+        await pilot.press("f9")
+        await pilot.pause()
+        app.screen.query_one("#context", Input).value = "64"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        [conversation] = store.conversations()
+        assert store.conversation(conversation.id).sampling["context"] == 64
+        chat.query_one("#prompt").insert("Once more")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(chat.query(MessageView)) == 4 and not chat.generating, timeout=60)
+        assert app.context[1] == 64 and app.context[0] <= 64
+        # max_tokens (500) is a most: the reply stopped when the 64-token context was full
+        assert store.messages(conversation.id)[-1].stats["finish_reason"] in ("length", "stop")
+    store.close()
