@@ -81,6 +81,11 @@ class ExpertCache:
             self.used += nbytes
         return evicted
 
+    def room(self) -> int | None:
+        """Bytes free in the budget (None: unlimited)."""
+        with self._lock:
+            return None if self.budget is None else self.budget - self.used
+
     def set_budget(self, budget_bytes: int | None) -> list[Hashable]:
         """A new budget (the KV cache grew, say); returns the keys evicted to fit it."""
         with self._lock:

@@ -25,6 +25,15 @@ from .memory import expert_charge, trim_heap, trim_slack
 from .sessions import make_session
 
 
+def warm_order(usage: np.ndarray | None, num_layers: int, num_experts: int) -> list[tuple[int, int]]:
+    """(layer, expert) keys, most asked-for first by `usage` ([layers, experts] counts from
+    earlier runs); without a record, layer by layer, as a first prompt needs them."""
+    keys = [(layer, expert) for layer in range(num_layers) for expert in range(num_experts)]
+    if usage is None or np.shape(usage) != (num_layers, num_experts):
+        return keys
+    return sorted(keys, key=lambda k: -float(usage[k]))  # stable: ties stay layer by layer
+
+
 def layer_charges(bundle: Bundle) -> list[int]:
     """Resident bytes of one expert session of each layer (layers may store experts differently)."""
     charges = []
@@ -45,6 +54,9 @@ class ExpertStore:
         self.expert_bytes = max(self.layer_bytes)
         self.charges = layer_charges(bundle)          # resident bytes per session, by layer
         self.charge = max(self.charges)
+        # how often the router asked for each expert since load (per layer call, not per token):
+        # saved between runs by the application, it orders `warm`
+        self.requests = np.zeros((bundle.config.num_layers, bundle.config.num_experts), np.int64)
         self._freed_since_trim = 0
         self._trim_every = trim_slack(self.charge)
         self.cache = ExpertCache(budget_bytes)
@@ -154,10 +166,30 @@ class ExpertStore:
         expert already resident now; each miss is handed to the loader thread. Until the next
         layer's call, these experts are not evicted to make room for each other."""
         keys = self._layer_keys = [(layer, int(expert)) for expert in np.unique(experts)]
+        self.requests[layer, [expert for _, expert in keys]] += 1
         self.cache.protect(keys)
         for key in keys:
             if self.cache.get(key) is None:
                 self.loader.request(key)
+
+    def warm(self, order, stop: threading.Event | None = None) -> int:
+        """Build the experts of `order` ((layer, expert) keys, hottest first) on the calling thread
+        while they fit in the free part of the budget, until `stop` is set; never evicts. For
+        idle time (an app waiting for its user), so the first reply does not wait for builds.
+        Returns how many were built."""
+        built = 0
+        for layer, expert in order:
+            key = (int(layer), int(expert))
+            if stop is not None and stop.is_set():
+                break
+            if self.cache.peek(key) or self.loader.pending(key):
+                continue
+            room = self.cache.room()
+            if room is not None and room < self.charges[key[0]]:
+                break
+            self._build_here(key)
+            built += 1
+        return built
 
     def run(self, layer: int, expert: int, h: np.ndarray) -> np.ndarray:
         """h [T, H] -> expert output [T, H]."""

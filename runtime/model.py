@@ -19,7 +19,7 @@ from . import quant
 from .bundle import Bundle
 from .decode import DecodeBuffers, bind_cache, decode_step
 from .errors import BudgetTooSmall, BundleError, InvalidContext
-from .experts import ExpertStore, layer_charges
+from .experts import ExpertStore, layer_charges, warm_order
 from .graphs import set_accuracy_level, with_kv_cache
 from .kvcache import KV_DTYPES, KVCache, KVLayout
 from .memory import allocator_headroom, configure_allocator, minimum_with_headroom, default_budget, format_bytes, process_rss, trim_heap, trim_slack
@@ -274,6 +274,18 @@ class Model:
             raise ValueError(f"{len(token_ids)} tokens: logits take 1 to {self.config.context_length}")
         cache = self._cache(len(token_ids))
         return self.prefill(token_ids, cache, all_logits=True)
+
+    def warm_experts(self, usage=None, stop=None) -> int:
+        """Build expert sessions before they are asked for, within the free part of the memory
+        budget, until `stop` (a threading.Event) is set: for idle time, so a first reply does not
+        wait for builds. `usage`: [layers, experts] counts from earlier runs (`expert_usage`),
+        hottest built first; without it, layer by layer. Returns how many were built."""
+        cfg = self.config
+        return self.experts.warm(warm_order(usage, cfg.num_layers, cfg.num_experts), stop)
+
+    def expert_usage(self) -> np.ndarray:
+        """int64 [layers, experts]: how often the router asked for each expert since load."""
+        return self.experts.requests.copy()
 
     def close(self) -> None:
         self.experts.close()

@@ -153,6 +153,7 @@ def ask(request: AskRequest, stdin: TextIO | None, out: TextIO, err: TextIO) -> 
     """Run one prompt; returns the exit code. Raises StchatError/runtime errors for main()."""
     text = build_prompt(request.prompt, stdin)
     import runtime  # heavy (numpy, onnxruntime): imported only once there is work to do
+    from stchat import usage
     from stchat.models import resolve
     from stchat.progress import Reporter
 
@@ -198,6 +199,7 @@ def ask(request: AskRequest, stdin: TextIO | None, out: TextIO, err: TextIO) -> 
                     out.write("\n")
                     out.flush()
         finally:
+            usage.save(resolved.path, model.expert_usage())  # the app warms the hottest experts first
             model.close()
     except KeyboardInterrupt:
         print("stchat: interrupted", file=err, flush=True)

@@ -18,6 +18,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from stchat.ask import parse_size
@@ -302,3 +303,17 @@ def test_ctrl_c_stops_generation_and_exits_130(stchat_home, cli_models):
     generated = int(re.search(r"^eval count:\s+(\d+)", err.decode(), re.M).group(1))
     assert generated < 4000  # the 4096-token context was far from filled: it really stopped
     assert b"interrupted" in err
+
+
+def test_expert_usage_is_kept_between_runs(stchat_home, cli_models):
+    """Each run adds its router counts to the model's record (the old one halved), which the app
+    uses to build the hottest experts first."""
+    import json
+
+    run_cli("ask", "-m", str(cli_models["bundle"]), *GREEDY, "-n", "4", PROMPT)
+    (record,) = (stchat_home / "usage").glob("*.json")
+    first = np.array(json.loads(record.read_text())["counts"])
+    assert first.sum() > 0
+    run_cli("ask", "-m", str(cli_models["bundle"]), *GREEDY, "-n", "4", PROMPT)
+    second = np.array(json.loads(record.read_text())["counts"])
+    np.testing.assert_allclose(second, first / 2 + first)  # the same greedy run asks the same

@@ -217,3 +217,30 @@ def test_a_queued_load_can_be_claimed_by_the_caller_but_not_one_in_flight():
     loader.wait("b", timeout=5)
     loader.close()
     assert built == ["a", "b"]            # the claimed entry was skipped, the new request built
+
+
+def test_warming_builds_hottest_first_within_the_free_budget_and_stops_when_asked():
+    import threading
+
+    m = runtime.load(bundle("21b"), accuracy_level=0)
+    cfg = m.config
+    ids = prompt_ids()[:12]
+    cold = m.logits(ids)
+    usage = m.expert_usage()
+    assert usage.sum() > 0 and usage.shape == (cfg.num_layers, cfg.num_experts)
+
+    fresh = runtime.load(bundle("21b"), accuracy_level=0)
+    stop = threading.Event()
+    stop.set()
+    assert fresh.warm_experts(usage, stop) == 0 and len(fresh.experts.cache) == 0
+    room = 3 * fresh.experts.charge
+    fresh.experts.set_budget(room)   # the free budget, not the whole model: three experts
+    assert fresh.warm_experts(usage) == 3
+    assert fresh.experts.cache.stats.evictions == 0
+    hottest = sorted(((usage[k], k) for k in np.ndindex(usage.shape)), key=lambda t: -t[0])[:3]
+    assert set(fresh.experts.cache.resident()) == {k for _, k in hottest}
+
+    roomy = runtime.load(bundle("21b"), accuracy_level=0)
+    assert roomy.warm_experts() == cfg.num_layers * cfg.num_experts  # everything, layer by layer
+    np.testing.assert_array_equal(roomy.logits(ids), cold)          # warmed sessions compute the same
+    assert roomy.experts.cache.stats.misses == 0
