@@ -10,7 +10,7 @@ most: the reply ends when the context is full); one that cannot fit at all raise
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import ContextOverflow
 from .events import Finished, Notice, TextDelta
@@ -88,6 +88,25 @@ class ChatSession:
 
     def cancel(self) -> None:
         self._cancelled = True
+
+    def prefill_draft(self, text: str, cancelled: Callable[[], bool] = lambda: False, chunk: int = 16) -> int:
+        """While the user is still typing: put the conversation plus the draft `text` in the KV
+        cache (all of the prompt `send(text)` would build but its last token), `chunk` tokens
+        at a time, stopping between chunks as soon as `cancelled()`. `send` then prefills only
+        what changed since (generate reuses the common prefix; an edit trims it). Nothing is
+        generated and no turn is dropped. Returns how many prompt tokens the cache holds."""
+        self.messages.append({"role": "user", "content": text})
+        try:
+            ids = self.prompt_ids()[:-1]
+        finally:
+            self.messages.pop()
+        if len(ids) + min(self.max_tokens, self.cache.capacity // 4) > self.cache.capacity:
+            return 0  # send would drop turns first, and so build another prompt
+        done = self.cache.trim(self.cache.common_prefix(ids))
+        while done < len(ids) and not cancelled():
+            self.model.prefill(ids[done:done + chunk], self.cache)
+            done = self.cache.length
+        return done
 
     def _reply(self, new_message: bool) -> Iterator:
         """Fits the prompt now (raising ContextOverflow at once), then returns the event stream."""
