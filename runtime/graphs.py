@@ -37,18 +37,13 @@ def _inline(name: str, array) -> TensorProto:
 def _matmul(prefix: str, x: str, out: str, n: int, k: int, fmt: QuantFormat, accuracy_level: int):
     """
     y[..., n] = x[..., k] @ W^T, W stored in `fmt` (runtime/quant.py):
-      symmetric:  MatMulNBits(x; qweight, scales)                    zero point 2^(bits-1)
-      "m":        MatMulNBits(x; qweight, scales, zero points 0)
-                  - Gemm(ReduceSum(x as [rows, k/block, block]), mins, transB)   the per-block mins
+      MatMulNBits(x; qweight, scales)                                  zero point 2^(bits-1)
+      "m" formats also: - Gemm(ReduceSum(x as [rows, k/block, block]), mins, transB)   the mins
     """
     inits = [_placeholder(f"{prefix}.{suffix}", TensorProto.UINT8 if dtype == "uint8" else TensorProto.FLOAT, shape)
              for suffix, (dtype, shape) in fmt.arrays(n, k).items()]
     blocks = k // fmt.block
     inputs = [x, inits[0].name, inits[1].name]
-    if fmt.mins:  # explicit zero points of 0: codes are unsigned (packed two per byte at 4 bits)
-        zero = _inline(f"{prefix}.zero_points", np.zeros((n, -(-blocks * fmt.bits // 8)), np.uint8))
-        inits.append(zero)
-        inputs.append(zero.name)
     product = f"{out}.codes" if fmt.mins else out
     nodes = [helper.make_node(
         "MatMulNBits", inputs, [product], name=f"{prefix}/MatMulNBits", domain="com.microsoft",
