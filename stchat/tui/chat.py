@@ -23,7 +23,7 @@ from textual.worker import get_current_worker
 from stchat.storage import Conversation
 from stchat.tui.conversation_settings import ConversationSettingsScreen
 from stchat.tui.engine import describe_error
-from stchat.tui.messages import ReplyDelta, ReplyDone, ReplyNotice, ReplyStarted
+from stchat.tui.messages import ReplyDelta, ReplyDone, ReplyNotice, ReplyStarted, TextFeed
 from stchat.tui.modals import ConfirmScreen, TextPrompt
 from stchat.tui.widgets import MessageView, PromptInput, StatusBar, code_blocks, displayable
 
@@ -90,6 +90,7 @@ class ChatScreen(Screen):
         self.generating = False
         self.streaming_view: MessageView | None = None
         self.stream = None
+        self.feed: TextFeed | None = None
         self._started = 0.0
         self._tokens = 0
 
@@ -138,6 +139,7 @@ class ChatScreen(Screen):
         """Show a conversation (None: an empty screen for a new one)."""
         if self.generating:
             self.action_stop()
+            await self._detach_reply()
         self.conversation_id = conversation_id
         if conversation_id is None:
             await self.show_empty()
@@ -307,7 +309,8 @@ class ChatScreen(Screen):
         self.messages_view.anchor()
         self.stream = Markdown.get_stream(self.streaming_view.markdown)
         self._started, self._tokens = time.monotonic(), 0
-        self.generate(self.app.store.conversation(self.conversation_id), text, regenerate)
+        feed = self.feed = TextFeed(lambda: self.post_message(ReplyDelta(feed)))
+        self.generate(self.app.store.conversation(self.conversation_id), text, regenerate, feed)
 
     def _session_for(self, conversation: Conversation, regenerate: bool):
         """The chat session for this conversation and model, built from the stored history."""
@@ -325,7 +328,7 @@ class ChatScreen(Screen):
         return self.session
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
-    def generate(self, conversation: Conversation, text: str, regenerate: bool) -> None:
+    def generate(self, conversation: Conversation, text: str, regenerate: bool, feed: TextFeed) -> None:
         """Runs in a thread: feeds the session, stores the reply as it streams, posts events."""
         from runtime.events import Finished, Notice, TextDelta
 
@@ -339,7 +342,7 @@ class ChatScreen(Screen):
             for event in events:
                 if isinstance(event, TextDelta):
                     writer.append(event.text)
-                    self.post_message(ReplyDelta(event.text))
+                    feed.add(event.text)
                 elif isinstance(event, Notice):
                     self.post_message(ReplyNotice(event.message))
                 elif isinstance(event, Finished):
@@ -370,11 +373,13 @@ class ChatScreen(Screen):
             self.streaming_view.message_id = message.message_id
 
     async def on_reply_delta(self, message: ReplyDelta) -> None:
-        self._tokens += 1
-        if self.streaming_view is not None:
-            self.streaming_view.content += message.text
+        text, tokens = message.feed.take()
+        if message.feed is not self.feed or self.streaming_view is None:
+            return  # a reply whose chat has left the screen
+        self._tokens += tokens
+        self.streaming_view.content += text
         if self.stream is not None:
-            await self.stream.write(displayable(message.text))
+            await self.stream.write(displayable(text))
         elapsed = time.monotonic() - self._started
         if elapsed > 0:
             self.app.generation_tps = self._tokens / elapsed
@@ -383,11 +388,17 @@ class ChatScreen(Screen):
     def on_reply_notice(self, message: ReplyNotice) -> None:
         self.app.notify(message.text, title="Context")
 
+    async def _detach_reply(self) -> None:
+        """Stop drawing the reply in progress: its chat is leaving the screen (switched away
+        from or deleted). Its remaining events then find no view and change nothing on screen.
+        The attributes are cleared before any await, since handlers may run in between."""
+        stream, self.stream, self.streaming_view, self.feed = self.stream, None, None, None
+        if stream is not None:
+            await stream.stop()
+
     async def on_reply_done(self, message: ReplyDone) -> None:
-        if self.stream is not None:
-            await self.stream.stop()
-            self.stream = None
-        view, self.streaming_view = self.streaming_view, None
+        view = self.streaming_view
+        await self._detach_reply()
         if view is not None and view.is_attached:
             await view.finish(message.text, message.state, message.stats)
         if message.stats:
@@ -395,7 +406,7 @@ class ChatScreen(Screen):
             self.app.generation_tps = message.stats["generation_tps"] if message.stats["generated_tokens"] else None
         self._update_context()
         self.generating = self.app.generating = False
-        if message.error:
+        if message.error and self.app.store.has_conversation(message.conversation_id):
             self.app.notify(message.error, title="Generation failed", severity="error", timeout=10)
             self.session = self.session_key = None  # rebuild from the stored history next time
         self.query_one("#status", StatusBar).refresh_status()

@@ -322,3 +322,22 @@ async def test_each_conversation_keeps_its_own_system_prompt_and_sampling(make_a
         await send(pilot, "another chat")             # a new conversation still takes the defaults
         assert store.conversation(screen.conversation_id).system_prompt is None
         assert engine.sessions[-1].sampling["top_k"] == app.settings.top_k
+
+
+async def test_deleting_a_chat_while_its_reply_streams_stops_it_harmlessly(make_app, store):
+    engine = FakeEngine(reply=lambda text: " ".join(f"w{i}" for i in range(2000)), delay=0.005)
+    app = make_app(engine)
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        for _ in range(3):  # the race depends on timing: delete at different points of the reply
+            await pilot.press(*"go", "enter")
+            await wait_for(pilot, lambda: screen.streaming_view is not None and len(screen.streaming_view.content) > 5)
+            await pilot.press("f8")
+            await pilot.pause()
+            await pilot.press("y")
+            await wait_for(pilot, lambda: not screen.generating)
+            await pilot.pause(0.05)
+            assert store.conversations() == [] and screen.conversation_id is None
+            assert views(screen) == []
+            assert engine.sessions[-1].cancelled  # the generation was stopped, not left running
+        assert app.return_code is None and app.is_running  # no crash
