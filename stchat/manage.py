@@ -189,8 +189,17 @@ def list_command(
         print("  ".join(str(row[k]).ljust(widths[k]) for k in header).rstrip())
 
 
+def installed_names(incomplete: str) -> list[str]:
+    """Shell completion of a model name: the installed ones starting with what was typed."""
+    try:
+        return [name for name in installed_models() if name.startswith(incomplete)]
+    except OSError:
+        return []
+
+
 def show_command(
-    name: Annotated[str, typer.Argument(help="Installed model name (or the alias it was pulled as).")],
+    name: Annotated[str, typer.Argument(help="Installed model name (or the alias it was pulled as).",
+                                        autocompletion=installed_names)],
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Configuration, files, source and memory needed (all in RAM, and with expert offloading)."""
@@ -243,20 +252,24 @@ def show_command(
 
 
 def rm_command(
-    name: Annotated[str, typer.Argument(help="Installed model name (or the alias it was pulled as).")],
+    names: Annotated[list[str], typer.Argument(
+        help="Installed model names (or the aliases they were pulled as).", metavar="NAME",
+        autocompletion=installed_names)],
     yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Remove an installed model (the Hugging Face cache is left alone)."""
-    model = find(name, incomplete_too=True)
+    """Remove installed models (the Hugging Face cache is left alone)."""
+    models = list({model.name: model for model in (find(name, incomplete_too=True) for name in names)}.values())
     if not yes:
+        listed = ", ".join(f"{model.name} ({human_bytes(model.size)})" for model in models)
         if not (sys.stdin.isatty() and sys.stderr.isatty()):
-            raise UsageError(f"not removing {model.name} without confirmation: pass -y")
-        if not typer.confirm(f"remove {model.name} ({human_bytes(model.size)})?", default=False, err=True):
+            raise UsageError(f"not removing {listed} without confirmation: pass -y")
+        if not typer.confirm(f"remove {listed}?", default=False, err=True):
             print("not removed", file=sys.stderr)
             raise typer.Exit(1)
     for stale in models_dir().glob(".removing-*"):   # left by an rm that was killed
         shutil.rmtree(stale, ignore_errors=True)
-    trash = models_dir() / f".removing-{model.name}-{os.getpid()}"
-    os.replace(model.path, trash)    # gone from every listing at once, then deleted
-    shutil.rmtree(trash, ignore_errors=True)
-    print(f"removed {model.name}", file=sys.stderr)
+    for model in models:
+        trash = models_dir() / f".removing-{model.name}-{os.getpid()}"
+        os.replace(model.path, trash)    # gone from every listing at once, then deleted
+        shutil.rmtree(trash, ignore_errors=True)
+        print(f"removed {model.name}", file=sys.stderr)

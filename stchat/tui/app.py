@@ -40,8 +40,9 @@ class StchatApp(App):
     ]
 
     def __init__(self, *, engine: Engine | None = None, store: Store | None = None,
-                 settings: Settings | None = None, native_clipboard: bool = True):
+                 settings: Settings | None = None, native_clipboard: bool = True, model: str | None = None):
         super().__init__()
+        self.requested_model = model  # `stchat -m MODEL`: loaded at start instead of the default
         self.engine = engine or RuntimeEngine()
         self.native_clipboard = native_clipboard
         self.startup_errors: list[str] = []
@@ -82,7 +83,7 @@ class StchatApp(App):
         if wanted and not self.installed_as(wanted):
             self.notify(f"{MODEL_ENV}={wanted} is not installed (stchat pull {wanted} gets an alias); "
                         f"using the default model.", severity="warning", timeout=10)
-        name = self.default_model()
+        name = self.requested_model or self.default_model()
         if name:
             self.load_model(name)
 

@@ -110,7 +110,7 @@ class ChatScreen(Screen):
     async def on_mount(self) -> None:
         await self.refresh_conversations()
         conversations = self.app.store.conversations()
-        if conversations:
+        if conversations and not self.app.requested_model:  # `stchat -m`: a new chat on that model
             await self.open_conversation(conversations[0].id)
         else:
             await self.show_empty()

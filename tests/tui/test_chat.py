@@ -341,3 +341,20 @@ async def test_deleting_a_chat_while_its_reply_streams_stops_it_harmlessly(make_
             assert views(screen) == []
             assert engine.sessions[-1].cancelled  # the generation was stopped, not left running
         assert app.return_code is None and app.is_running  # no crash
+
+
+async def test_the_app_opened_on_a_model_starts_a_new_chat_with_it(make_app, store, stchat_home):
+    from stchat.settings import Settings
+    from stchat.tui.app import StchatApp
+
+    old = store.create_conversation("earlier", model="tiny")
+    store.add_message(old.id, "user", "hi")
+    engine = FakeEngine(models=("tiny", "other"))
+    app = StchatApp(engine=engine, store=store, settings=Settings(), native_clipboard=False, model="other")
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await pilot.pause(0.1)
+        assert app.model_name == "other" and [c[1] for c in engine.calls if c[0] == "load"] == ["other"]
+        assert screen.conversation_id is None and views(screen) == []
+        await send(pilot, "hello")
+        assert store.conversation(screen.conversation_id).model == "other"
