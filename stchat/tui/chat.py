@@ -64,6 +64,7 @@ class ChatScreen(Screen):
     ChatScreen .message { height: auto; margin: 0 0 1 0; padding: 0 1; }
     ChatScreen .message.user { background: $boost; border-left: wide $accent; }
     ChatScreen .message.assistant { border-left: wide $primary; }
+    ChatScreen .message.failed { border-left: wide $error; color: $text-error; }
     ChatScreen .message:focus { background: $boost; border-left: wide $warning; }
     ChatScreen .message .header { color: $text-muted; text-style: bold; }
     ChatScreen .message Markdown { margin: 0; padding: 0; }
@@ -336,10 +337,13 @@ class ChatScreen(Screen):
         writer, finished, error = None, None, None
         try:
             session = self._session_for(conversation, regenerate)
-            writer = self.app.store.reply_writer(conversation.id)
-            self.post_message(ReplyStarted(conversation.id, writer.message_id))
             events = session.regenerate() if regenerate else session.send(text)
             for event in events:
+                if writer is None and isinstance(event, (TextDelta, Finished)):
+                    # stored from the first token on: a reply that never started (the message
+                    # does not fit the context) leaves no empty "stopped" one behind
+                    writer = self.app.store.reply_writer(conversation.id)
+                    self.post_message(ReplyStarted(conversation.id, writer.message_id))
                 if isinstance(event, TextDelta):
                     writer.append(event.text)
                     feed.add(event.text)
@@ -400,15 +404,19 @@ class ChatScreen(Screen):
         view = self.streaming_view
         await self._detach_reply()
         if view is not None and view.is_attached:
-            await view.finish(message.text, message.state, message.stats)
+            if message.message_id is None and message.error:  # nothing was said: say why, there
+                await view.fail(message.error)
+            else:
+                await view.finish(message.text, message.state, message.stats)
         if message.stats:
             self.app.prompt_tps = message.stats["prompt_tps"] if message.stats["prompt_tokens"] else None
             self.app.generation_tps = message.stats["generation_tps"] if message.stats["generated_tokens"] else None
         self._update_context()
         self.generating = self.app.generating = False
-        if message.error and self.app.store.has_conversation(message.conversation_id):
-            self.app.notify(message.error, title="Generation failed", severity="error", timeout=10)
+        if message.error:
             self.session = self.session_key = None  # rebuild from the stored history next time
+            if message.message_id is not None and self.app.store.has_conversation(message.conversation_id):
+                self.app.notify(message.error, title="Generation failed", severity="error", timeout=10)
         self.query_one("#status", StatusBar).refresh_status()
         self.app.generation_finished()
 

@@ -80,6 +80,8 @@ class MessageView(Vertical, can_focus=True):
             parts.append("…")
         elif self.state == "stopped":
             parts.append("(stopped)")
+        elif self.state == "failed":
+            parts.append("(no reply)")
         if self.stats and self.stats.get("generated_tokens"):
             parts.append(f"· {self.stats['generated_tokens']} tokens, "
                          f"{self.stats.get('generation_tps', 0):.1f} t/s")
@@ -95,8 +97,11 @@ class MessageView(Vertical, can_focus=True):
         await self.markdown.update(displayable(content))
         self.query_one(".header", Label).update(self.header())
 
-    def set_state(self, state: str) -> None:
-        self.state = state
+    async def fail(self, error: str) -> None:
+        """A reply that could not start: the error in its place (shown, never stored)."""
+        self.content, self.state = "", "failed"
+        self.add_class("failed")
+        await self.markdown.update(displayable(error[:1].upper() + error[1:]))
         self.query_one(".header", Label).update(self.header())
 
     def action_copy(self) -> None:

@@ -89,6 +89,9 @@ class FakeSession:
         self.cancelled = False
         self.replies += 1
         self.engine.calls.append(("reply", [m["content"] for m in self.messages]))
+        if self.engine.fail_at_start is not None:  # as the runtime does when a message cannot fit
+            self.messages.pop()
+            raise self.engine.fail_at_start
         if self.engine.notice:
             yield Notice(self.engine.notice)
         text = self.engine.reply_for(self.messages[-1]["content"], self.engine.reply_count)
@@ -128,6 +131,7 @@ class FakeEngine:
         self.reply_count = 0
         self.notice: str | None = None
         self.fail_after: int | None = None
+        self.fail_at_start: Exception | None = None
         self.calls: list = []
         self.loaded: list[FakeModel] = []
         self.sessions: list[FakeSession] = []

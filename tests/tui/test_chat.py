@@ -358,3 +358,23 @@ async def test_the_app_opened_on_a_model_starts_a_new_chat_with_it(make_app, sto
         assert screen.conversation_id is None and views(screen) == []
         await send(pilot, "hello")
         assert store.conversation(screen.conversation_id).model == "other"
+
+
+async def test_a_message_too_long_for_the_context_shows_the_error_in_place_of_the_reply(make_app, store):
+    from runtime.errors import ContextOverflow
+
+    engine = FakeEngine()
+    engine.fail_at_start = ContextOverflow("the message needs 900 tokens plus 128 to answer; the context holds 512")
+    app = make_app(engine)
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "a very long message")
+        reply = screen.query(MessageView).last()
+        assert (reply.role, reply.state) == ("assistant", "failed")
+        assert reply.markdown.source == "The message needs 900 tokens plus 128 to answer; the context holds 512"
+        assert "(no reply)" in str(reply.query_one(".header").render())
+        [conversation] = store.conversations()  # nothing misleading stored: no empty reply
+        assert [(m.role, m.content) for m in store.messages(conversation.id)] == [("user", "a very long message")]
+        engine.fail_at_start = None
+        await send(pilot, "short")  # the chat goes on
+        assert [m.role for m in store.messages(conversation.id)] == ["user", "user", "assistant"]
