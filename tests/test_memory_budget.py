@@ -51,7 +51,9 @@ def small_bundle(tmp_path_factory):
 def test_peak_rss_stays_within_the_budget(small_bundle):
     free = _run(small_bundle, "none")
     assert free["resident_experts"] == SMALL.num_layers * SMALL.num_experts and free["evictions"] == 0
-    budget = free["minimum"] + 24 * 2**20   # room for about a fifth of the experts
+    # the smallest budget: this small child process stays below the baseline the minimum assumes
+    # (runtime.memory.PROCESS_BASELINE), so that difference is room for some experts, not all
+    budget = free["minimum"]
     assert free["peak"] > budget, "the model must not fit in the budget, or the test proves nothing"
     tight = _run(small_bundle, budget)
     assert tight["evictions"] > 0

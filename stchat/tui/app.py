@@ -27,7 +27,7 @@ from stchat.storage import StorageError, Store
 from stchat.tui.chat import ChatScreen
 from stchat.tui.engine import Engine, ModelInfo, RuntimeEngine, describe_error
 from stchat.tui.messages import ModelFailed, ModelLoaded, ModelLoading
-from stchat.tui.widgets import status_line
+from stchat.tui.widgets import human_bytes, status_line
 
 
 class StchatApp(App):
@@ -233,6 +233,20 @@ class StchatApp(App):
             self.theme = name
         else:
             self.notify(f"Unknown theme {name!r}; keeping {self.theme}.", severity="warning")
+
+    def budget_problem(self, budget: int | None, context: int | None = None) -> str | None:
+        """Why the model in use (or about to be) cannot run in `budget` with `context` tokens,
+        or None when it can."""
+        name = self.loading or self.model_name or self.default_model()
+        if budget is None or name is None:
+            return None
+        try:
+            minimum = self.engine.minimum_budget(name, context)
+        except Exception:  # unreadable model: loading it will say why
+            return None
+        if budget < minimum:
+            return f"{name} needs at least {human_bytes(minimum)} (its smallest budget); got {human_bytes(budget)}"
+        return None
 
     def apply_settings(self, new: Settings) -> None:
         """Save and apply: the theme at once, sampling for new chats, memory/threads/context by reloading."""

@@ -161,6 +161,11 @@ class FakeEngine:
         self.sessions.append(session)
         return session
 
+    minimum = 60 * 2**20
+
+    def minimum_budget(self, name: str, context=None) -> int:
+        return self.minimum
+
     def delete(self, name: str) -> None:
         self.models.remove(name)
         self.deleted.append(name)

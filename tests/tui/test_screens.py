@@ -149,7 +149,7 @@ async def test_settings_round_trip_and_validation(make_app, store, stchat_home):
         await pilot.pause()
         assert isinstance(app.screen, SettingsScreen)  # not saved
         errors = str(screen.query_one("#errors").render())
-        assert "top_p: must be a number in (0, 1]" in errors and "memory_budget: must be 'auto'" in errors
+        assert "Top p: must be a number in (0, 1]" in errors and "Memory budget: must be 'auto'" in errors
         assert screen.query_one("#top_p", Input).has_class("-invalid")
         assert not settings_file.settings_path().exists()
 
@@ -179,6 +179,29 @@ async def test_settings_round_trip_and_validation(make_app, store, stchat_home):
         assert app.screen.query_one("#top_p", Input).value == "0.8"
         await pilot.press("escape")
         assert not isinstance(app.screen, SettingsScreen)
+
+
+async def test_settings_refuse_a_budget_below_the_model_minimum_and_take_typing_at_once(make_app, store,
+                                                                                        stchat_home):
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(120, 45)) as pilot:
+        await ready(pilot)
+        await pilot.press("f5")
+        screen = app.screen
+        assert app.focused is screen.query_one("#memory_budget", Input)  # typing is not lost
+        screen.query_one("#memory_budget", Input).value = ""
+        await pilot.press(*"1KB", "ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, SettingsScreen) and not settings_file.settings_path().exists()
+        errors = str(screen.query_one("#errors").render())
+        assert errors == "Memory budget: tiny needs at least 60 MiB (its smallest budget); got 1000 B"
+        assert screen.query_one("#memory_budget", Input).has_class("-invalid")
+        screen.query_one("#memory_budget", Input).value = ""
+        await pilot.press(*"60MiB", "ctrl+s")  # exactly the minimum: saved
+        await pilot.pause()
+        assert not isinstance(app.screen, SettingsScreen)
+        assert settings_file.load().memory_budget == "60MiB"
 
 
 async def test_broken_settings_file_falls_back_to_defaults_with_a_message(stchat_home, store):
