@@ -135,14 +135,18 @@ async def test_a_load_error_is_a_readable_notification(make_app, store):
         assert note.message == "memory budget of 1 MiB is too small: this model needs at least 60 MiB"
 
 
+async def open_settings(pilot) -> SettingsScreen:
+    await ready(pilot)
+    await pilot.press("f5")
+    assert isinstance(pilot.app.screen, SettingsScreen)
+    return pilot.app.screen
+
+
 async def test_settings_round_trip_and_validation(make_app, store, stchat_home):
     engine = FakeEngine()
     app = make_app(engine)
     async with app.run_test(size=(120, 45)) as pilot:
-        await ready(pilot)
-        await pilot.press("f5")
-        screen = app.screen
-        assert isinstance(screen, SettingsScreen)
+        screen = await open_settings(pilot)
         screen.query_one("#top_p", Input).value = "2"
         screen.query_one("#memory_budget", Input).value = "lots"
         await pilot.press("ctrl+s")
@@ -183,12 +187,9 @@ async def test_settings_round_trip_and_validation(make_app, store, stchat_home):
 
 async def test_settings_refuse_a_budget_below_the_model_minimum_and_take_typing_at_once(make_app, store,
                                                                                         stchat_home):
-    engine = FakeEngine()
-    app = make_app(engine)
+    app = make_app()
     async with app.run_test(size=(120, 45)) as pilot:
-        await ready(pilot)
-        await pilot.press("f5")
-        screen = app.screen
+        screen = await open_settings(pilot)
         assert app.focused is screen.query_one("#memory_budget", Input)  # typing is not lost
         screen.query_one("#memory_budget", Input).value = ""
         await pilot.press(*"1KB", "ctrl+s")
