@@ -165,16 +165,23 @@ class StchatApp(App):
         self.unload_model()
         self.model, self.model_name = message.model, message.name
         self.loading = self.load_started = None
-        self.refresh_status()
+        self.models_changed()
 
     def on_model_failed(self, message: ModelFailed) -> None:
         if message.name == self.loading:
             self.loading = self.load_started = None
         self.notify(message.error, title=f"Cannot load {message.name}", severity="error", timeout=15)
-        self.refresh_status()
+        self.models_changed()
 
     def on_model_loading(self, message: ModelLoading) -> None:
+        self.models_changed()
+
+    def models_changed(self) -> None:
+        """Installed, loading or loaded models changed: every open screen that shows them redraws."""
         self.refresh_status()
+        for screen in self.screen_stack:
+            if hasattr(screen, "models_changed"):
+                screen.models_changed()
 
     def unload_model(self) -> None:
         if self.model is not None:

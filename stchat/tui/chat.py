@@ -25,7 +25,7 @@ from stchat.tui.conversation_settings import ConversationSettingsScreen
 from stchat.tui.engine import describe_error
 from stchat.tui.messages import ReplyDelta, ReplyDone, ReplyNotice, ReplyStarted, TextFeed
 from stchat.tui.modals import ConfirmScreen, TextPrompt
-from stchat.tui.widgets import MessageView, PromptInput, StatusBar, code_blocks, displayable
+from stchat.tui.widgets import MessageView, PromptInput, StatusBar, code_blocks, displayable, human_bytes
 
 NEW_TITLE = "New chat"
 WELCOME = """\
@@ -40,6 +40,29 @@ stchat pull 4b
 or convert a GGUF file you already have with `stchat ask -m ./model.gguf "hi"`.
 Then open **Models** (F4) to check it is there; this screen picks it up.
 """
+
+
+KEYS_IN_SHORT = """\
+| key | |
+|---|---|
+| Enter, Ctrl+J | send, new line |
+| Esc | stop the reply being written |
+| Ctrl+N, Ctrl+F | new chat, search chats |
+| F3, F4, F5 | experts, models, settings |
+| F1 | every key |
+"""
+
+
+def introduction(model: str | None, loading: str | None, context: int | None, budget: str) -> str:
+    """The empty chat's text once a model is installed: what will answer, and the main keys."""
+    if loading:
+        state = f"**{loading}** is loading…"
+    elif model:
+        context_text = f", context {context} tokens" if context else ""
+        state = f"**{model}** is ready{context_text}, memory budget {budget}."
+    else:
+        state = "No model is loaded: choose one in Models (F4)."
+    return f"# New chat\n\n{state} Type a message below and press Enter.\n\n{KEYS_IN_SHORT}"
 
 
 def title_from(text: str) -> str:
@@ -135,6 +158,15 @@ class ChatScreen(Screen):
         await self.messages_view.remove_children()
         if not self.app.engine_installed():
             await self.messages_view.mount(Markdown(WELCOME, id="welcome"))
+            return
+        app = self.app
+        text = introduction(app.model_name, app.loading, getattr(app.model, "max_context", None),
+                            human_bytes(app.memory()[1]))
+        await self.messages_view.mount(Markdown(text, id="welcome"))
+
+    def models_changed(self) -> None:
+        if self.conversation_id is None and not self.generating:
+            self.call_next(self.show_empty)
 
     async def open_conversation(self, conversation_id: int | None) -> None:
         """Show a conversation (None: an empty screen for a new one)."""

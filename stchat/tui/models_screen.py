@@ -71,9 +71,13 @@ class ModelsScreen(Screen):
         self.refresh_table()
         (table if table.row_count else self.query_one("#pull-spec", Input)).focus()
 
-    def refresh_table(self) -> None:
+    def models_changed(self) -> None:
+        self.refresh_table(list_again=False)
+
+    def refresh_table(self, list_again: bool = True) -> None:
         app = self.app
-        app.refresh_installed()
+        if list_again:
+            app.refresh_installed()
         table = self.query_one("#models", DataTable)
         selected = self.selected()
         table.clear()
@@ -157,7 +161,8 @@ class ModelsScreen(Screen):
             self.app.notify(f"Deleted {message.name}.")
             if self.app.settings.default_model == message.name:
                 self.app.apply_settings(self.app.settings.replace(default_model=""))
-        self.refresh_table()
+        self.app.refresh_installed()
+        self.app.models_changed()
 
     # -- pull ---------------------------------------------------------------------------------
     def action_focus_pull(self) -> None:
@@ -210,7 +215,8 @@ class ModelsScreen(Screen):
         else:
             self.status_line = f"success: {message.name} is installed"
             self.app.notify(f"{message.name} is installed.")
-            self.refresh_table()
+            self.app.refresh_installed()
+            self.app.models_changed()
             if self.app.model is None and not self.app.loading:
                 self.app.load_model(self.app.default_model() or message.name)
         self._show_log()

@@ -378,3 +378,15 @@ async def test_a_message_too_long_for_the_context_shows_the_error_in_place_of_th
         engine.fail_at_start = None
         await send(pilot, "short")  # the chat goes on
         assert [m.role for m in store.messages(conversation.id)] == ["user", "user", "assistant"]
+
+
+async def test_the_first_screen_with_a_model_says_which_and_the_main_keys(make_app, store):
+    app = make_app()
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await pilot.pause()
+        intro = screen.query_one("#welcome").source
+        assert "**tiny** is ready" in intro and "memory budget auto" in intro
+        assert all(key in intro for key in ("Enter", "Esc", "Ctrl+N", "F3, F4, F5", "F1"))
+        await send(pilot, "hello")  # the first message replaces it
+        assert not screen.query("#welcome")

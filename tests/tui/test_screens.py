@@ -58,6 +58,8 @@ async def test_models_screen_lists_sets_default_and_deletes(make_app, store, stc
         await pilot.press("u")  # use it now
         await wait_for(pilot, lambda: app.model_name == "small")
         assert engine.loaded[0].closed  # the previous model was released
+        await pilot.pause()
+        assert [r[0] for r in rows(screen)] == ["  ", "★●"]  # the loaded-model mark follows
         await pilot.press("up", "delete")
         await pilot.pause()
         await pilot.press("escape")  # not confirmed
@@ -120,6 +122,12 @@ async def test_first_start_without_a_model_leads_to_pull(make_app, store):
         assert app.screen.query_one("#pull-spec", Input).has_focus
         await pilot.press(*"4b", "enter")
         await wait_for(pilot, lambda: app.model_name == "4b")  # pulled, then loaded
+        await pilot.pause()
+        assert [r[0] for r in rows(app.screen)] == ["★●"]
+        await pilot.press("escape")
+        await pilot.pause()
+        welcome = app.screen.query_one("#welcome").source  # no longer "no model is installed"
+        assert "**4b** is ready" in welcome and "No model is installed" not in welcome and "F1" in welcome
 
 
 async def test_a_load_error_is_a_readable_notification(make_app, store):
