@@ -34,6 +34,7 @@ class StchatApp(App):
     TITLE = "stchat"
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
+        Binding("f1,question_mark", "help", "Help", id="app.help"),  # the message box types `?`
         Binding("f3", "experts", "Experts", id="app.experts"),
         Binding("f4", "models", "Models", id="app.models"),
         Binding("f5", "settings", "Settings", id="app.settings"),
@@ -210,7 +211,7 @@ class StchatApp(App):
             used = model.resident_bytes() + model.experts.cache.used
         return used, getattr(model, "memory_budget", None)
 
-    def status_text(self):
+    def status_text(self, width: int | None = None):
         used, budget = self.memory()
         hit_rate = None
         if self.model is not None:
@@ -218,7 +219,8 @@ class StchatApp(App):
             hit_rate = stats.hit_rate if stats.hits + stats.misses else None
         return status_line(model_name=self.model_name, loading=self.loading, load_started=self.load_started,
                            now=time.monotonic(), prompt_tps=self.prompt_tps, generation_tps=self.generation_tps,
-                           memory_used=used, memory_budget=budget, hit_rate=hit_rate, context=self.context)
+                           memory_used=used, memory_budget=budget, hit_rate=hit_rate, context=self.context,
+                           width=width)
 
     def refresh_status(self) -> None:
         from stchat.tui.widgets import StatusBar
@@ -268,6 +270,12 @@ class StchatApp(App):
             self.load_model(self.default_model())
 
     # -- screens ------------------------------------------------------------------------------
+    def action_help(self) -> None:
+        from stchat.tui.help_screen import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
     def action_experts(self) -> None:
         from stchat.tui.experts import ExpertsScreen
 
@@ -288,6 +296,7 @@ class StchatApp(App):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        yield SystemCommand("Help", "Every key (F1)", self.action_help)
         yield SystemCommand("Experts", "Which experts are in RAM, per layer (F3)", self.action_experts)
         yield SystemCommand("Models", "Installed models: default, delete (F4)", self.action_models)
         yield SystemCommand("Settings", "Memory budget, threads, sampling, theme (F5)", self.action_settings)

@@ -93,18 +93,21 @@ class ChatScreen(Screen):
     ChatScreen .message Markdown { margin: 0; padding: 0; }
     ChatScreen #welcome { padding: 1 2; }
     """
+    # The footer shows the few keys that fit in 80 columns next to F1 and F3-F5; F1 lists all.
     BINDINGS = [
         Binding("ctrl+n", "new_conversation", "New", id="chat.new"),
         Binding("escape", "stop", "Stop", id="chat.stop"),
-        Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate"),
-        Binding("f2", "rename", "Rename", id="chat.rename"),
-        Binding("f9", "conversation_settings", "Chat settings", id="chat.settings"),
-        Binding("f8,delete", "delete", "Delete", id="chat.delete"),
-        Binding("ctrl+f", "search", "Search", id="chat.search"),
-        Binding("ctrl+s", "export", "Export", id="chat.export"),
-        Binding("ctrl+o", "copy_reply", "Copy reply", id="chat.copy_reply"),
+        Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate", show=False),
+        Binding("f2", "rename", "Rename", id="chat.rename", show=False),
+        Binding("f9", "conversation_settings", "Chat settings", id="chat.settings", show=False),
+        Binding("f8,delete", "delete", "Delete", id="chat.delete", show=False),
+        Binding("ctrl+f", "search", "Search", id="chat.search", show=False),
+        Binding("ctrl+s", "export", "Export", id="chat.export", show=False),
+        Binding("ctrl+o", "copy_reply", "Copy reply", id="chat.copy_reply", show=False),
         Binding("ctrl+b", "copy_code", "Copy code", id="chat.copy_code", show=False),
+        Binding("ctrl+l", "toggle_sidebar", "Chats", id="chat.sidebar", show=False),
     ]
+    NARROW = 80  # columns below which the sidebar starts hidden (Ctrl+L shows it)
 
     def __init__(self):
         super().__init__()
@@ -115,6 +118,7 @@ class ChatScreen(Screen):
         self.streaming_view: MessageView | None = None
         self.stream = None
         self.feed: TextFeed | None = None
+        self._sidebar_chosen: bool | None = None  # Ctrl+L's choice, once made, over the automatic one
         self._started = 0.0
         self._tokens = 0
 
@@ -171,7 +175,7 @@ class ChatScreen(Screen):
     async def open_conversation(self, conversation_id: int | None) -> None:
         """Show a conversation (None: an empty screen for a new one)."""
         if self.generating:
-            self.action_stop()
+            self.stop_reply()
             await self._detach_reply()
         self.conversation_id = conversation_id
         if conversation_id is None:
@@ -193,7 +197,7 @@ class ChatScreen(Screen):
         item = event.item
         if isinstance(item, ConversationItem) and item.conversation_id != self.conversation_id:
             await self.open_conversation(item.conversation_id)
-            self.query_one(PromptInput).focus()
+        self.query_one(PromptInput).focus()  # the chat chosen (even the one open): type at once
 
     @on(Input.Changed, "#search")
     async def _search(self, event: Input.Changed) -> None:
@@ -207,7 +211,21 @@ class ChatScreen(Screen):
         listing.focus()
 
     def action_search(self) -> None:
+        self.show_sidebar(True)
         self.query_one("#search", Input).focus()
+
+    def show_sidebar(self, shown: bool) -> None:
+        self.query_one("#sidebar").display = shown
+        if not shown:
+            self.query_one(PromptInput).focus()
+
+    def action_toggle_sidebar(self) -> None:
+        self._sidebar_chosen = not self.query_one("#sidebar").display
+        self.show_sidebar(self._sidebar_chosen)
+
+    def on_resize(self) -> None:
+        if self._sidebar_chosen is None:  # until Ctrl+L is pressed, the width decides
+            self.query_one("#sidebar").display = self.size.width >= self.NARROW
 
     async def action_new_conversation(self) -> None:
         await self.open_conversation(None)
@@ -458,6 +476,16 @@ class ChatScreen(Screen):
             self.app.context = (cache.length, cache.capacity)
 
     def action_stop(self) -> None:
+        """Esc: in the sidebar, clear the search and go back to typing; elsewhere, stop the reply."""
+        search, listing = self.query_one("#search", Input), self.query_one("#conversations", ListView)
+        if search.has_focus or listing.has_focus:
+            if search.value:
+                search.value = ""  # lists every chat again
+            self.query_one(PromptInput).focus()
+            return
+        self.stop_reply()
+
+    def stop_reply(self) -> None:
         if self.generating and self.session is not None:
             self.session.cancel()
             self.app.notify("Stopped.", timeout=2)

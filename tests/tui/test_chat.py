@@ -390,3 +390,71 @@ async def test_the_first_screen_with_a_model_says_which_and_the_main_keys(make_a
         assert all(key in intro for key in ("Enter", "Esc", "Ctrl+N", "F3, F4, F5", "F1"))
         await send(pilot, "hello")  # the first message replaces it
         assert not screen.query("#welcome")
+
+
+async def test_f1_and_question_mark_open_the_help_but_the_message_box_types_it(make_app, store):
+    from stchat.tui.help_screen import HelpScreen
+
+    app = make_app()
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await pilot.press("question_mark")  # in the message box: a character
+        assert screen.query_one(PromptInput).text == "?" and not isinstance(app.screen, HelpScreen)
+        await pilot.press("f1")
+        assert isinstance(app.screen, HelpScreen)
+        keys = app.screen.query_one("#keys").source
+        assert all(key in keys for key in ("Ctrl+R", "F2, F8", "Ctrl+L", "F9", "Ctrl+O", "Ctrl+S", "F3", "Ctrl+Q"))
+        await pilot.press("escape")
+        screen.query_one("#conversations").focus()
+        await pilot.press("question_mark")  # outside the message box: the help
+        assert isinstance(app.screen, HelpScreen)
+
+
+async def test_search_then_enter_goes_to_the_chat_and_esc_leaves_the_search(make_app, store):
+    from textual.widgets import Input
+
+    store.create_conversation("alpha talk")
+    store.create_conversation("beta talk")
+    app = make_app()
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        prompt = screen.query_one(PromptInput)
+        await pilot.press("ctrl+f", *"alpha", "enter")  # to the list
+        await pilot.press("enter")  # open it: typing goes to the message box
+        await pilot.pause()
+        assert prompt.has_focus and screen.conversation_id == store.conversations()[-1].id
+        await pilot.press("ctrl+f", *"beta", "enter", "enter")  # beta is the open chat: still to the box
+        await pilot.pause()
+        assert prompt.has_focus
+        await pilot.press("ctrl+f", *"zzz", "escape")  # Esc: search cleared, back to typing (one key)
+        await pilot.pause()
+        assert prompt.has_focus and screen.query_one("#search", Input).value == ""
+        assert len(screen.query(ConversationItem)) == 2
+
+
+async def test_narrow_terminals_hide_the_sidebar_and_keep_the_keys_and_context(make_app, store):
+    from textual.widgets import Footer
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hi")
+        for screen_key in (None, "f3", "f4", "f5"):  # each screen's footer shows F1, F3-F5 whole
+            if screen_key:
+                if app.screen is not screen:
+                    app.pop_screen()
+                await pilot.press(screen_key)
+                await pilot.pause()
+            shown = {key.description for key in app.screen.query(Footer).first().query("FooterKey")
+                     if key.region.right <= 80 and key.region.width}
+            assert {"Experts", "Models", "Settings", "Help"} <= shown, (app.screen, shown)
+        app.pop_screen()
+        assert screen.query_one("#sidebar").display  # 80 columns: room for it
+        status = str(app.status_text(78))
+        assert "ctx 4/4096" in status and len(status) <= 78
+    app = make_app()
+    async with app.run_test(size=(50, 24)) as pilot:
+        screen = await ready(pilot)
+        assert not screen.query_one("#sidebar").display  # 50 columns: hidden...
+        await pilot.press("ctrl+l")
+        assert screen.query_one("#sidebar").display  # ...and Ctrl+L shows it
