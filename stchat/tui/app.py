@@ -185,6 +185,9 @@ class StchatApp(App):
                 screen.models_changed()
 
     def unload_model(self) -> None:
+        for screen in self.screen_stack:
+            if hasattr(screen, "stop_draft"):
+                screen.stop_draft()  # no prefill may run on a model being closed
         if self.model is not None:
             model, self.model, self.model_name = self.model, None, None
             try:

@@ -9,6 +9,7 @@ conversation (or model) builds a new one from the stored history.
 """
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -118,6 +119,8 @@ class ChatScreen(Screen):
         self.streaming_view: MessageView | None = None
         self.stream = None
         self.feed: TextFeed | None = None
+        self._session_lock = threading.Lock()  # the session's KV cache: one thread at a time
+        self._draft_timer = None
         self._sidebar_chosen: bool | None = None  # Ctrl+L's choice, once made, over the automatic one
         self._started = 0.0
         self._tokens = 0
@@ -174,6 +177,7 @@ class ChatScreen(Screen):
 
     async def open_conversation(self, conversation_id: int | None) -> None:
         """Show a conversation (None: an empty screen for a new one)."""
+        self.workers.cancel_group(self, "draft")
         if self.generating:
             self.stop_reply()
             await self._detach_reply()
@@ -353,6 +357,7 @@ class ChatScreen(Screen):
         await self._start_reply(messages[-1].content, regenerate=True)
 
     async def _start_reply(self, text: str, regenerate: bool) -> None:
+        self.workers.cancel_group(self, "draft")
         self.generating = self.app.generating = True
         self.streaming_view = MessageView("assistant", state="streaming")
         await self.messages_view.mount(self.streaming_view)
@@ -378,6 +383,40 @@ class ChatScreen(Screen):
         self.session_key = key
         return self.session
 
+    # -- prefill while typing ---------------------------------------------------------------
+    DRAFT_IDLE = 0.3  # seconds without a keystroke before the draft is prefilled
+
+    @on(PromptInput.Changed, "#prompt")
+    def _draft_changed(self) -> None:
+        """Each edit stops the prefill under way and restarts the wait: typing never waits."""
+        self.workers.cancel_group(self, "draft")
+        if self._draft_timer is not None:
+            self._draft_timer.stop()
+        self._draft_timer = self.set_timer(self.DRAFT_IDLE, self._start_draft)
+
+    def stop_draft(self) -> None:
+        """Cancel the draft's prefill and wait for its chunk in flight (before the model goes)."""
+        self.workers.cancel_group(self, "draft")
+        if not self.generating:  # (a reply holds the lock to its end; no draft runs then)
+            with self._session_lock:
+                pass
+
+    def _start_draft(self) -> None:
+        text = self.query_one(PromptInput).text
+        if text.strip() and self.conversation_id is not None and self.app.model is not None and not self.generating:
+            self.prefill_draft(self.app.store.conversation(self.conversation_id), text)
+
+    @work(thread=True, exclusive=True, group="draft", exit_on_error=False)
+    def prefill_draft(self, conversation: Conversation, text: str) -> None:
+        """The conversation plus the draft into the KV cache (`ChatSession.prefill_draft`), so
+        Enter prefills only what changed since. Cancelled by an edit, Enter or leaving the chat."""
+        worker = get_current_worker()
+        with self._session_lock:
+            if worker.is_cancelled or self.conversation_id != conversation.id:
+                return
+            session = self._session_for(conversation, regenerate=True)  # history as stored: no new message yet
+            session.prefill_draft(text, cancelled=lambda: worker.is_cancelled)
+
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
     def generate(self, conversation: Conversation, text: str, regenerate: bool, feed: TextFeed) -> None:
         """Runs in a thread: feeds the session, stores the reply as it streams, posts events."""
@@ -385,6 +424,7 @@ class ChatScreen(Screen):
 
         worker = get_current_worker()
         writer, finished, error = None, None, None
+        self._session_lock.acquire()  # a draft being prefilled stops at its next chunk
         try:
             session = self._session_for(conversation, regenerate)
             events = session.regenerate() if regenerate else session.send(text)
@@ -405,6 +445,8 @@ class ChatScreen(Screen):
                     session.cancel()
         except Exception as caught:  # shown as a notification, the partial reply is kept
             error = describe_error(caught)
+        finally:
+            self._session_lock.release()
         state = "complete" if finished is not None and finished.reason != "cancelled" and error is None else "stopped"
         stats = None
         if finished is not None:

@@ -85,6 +85,18 @@ class FakeSession:
     def cancel(self) -> None:
         self.cancelled = True
 
+    def prefill_draft(self, text: str, cancelled=lambda: False) -> int:
+        """Like the runtime's: a chunk at a time, stopping as soon as `cancelled()`."""
+        done = 0
+        for done in range(self.engine.draft_chunks):
+            if cancelled():
+                break
+            time.sleep(self.engine.draft_delay)
+        else:
+            done = self.engine.draft_chunks
+        self.engine.drafts.append((text, done, [m["content"] for m in self.messages]))
+        return done
+
     def _reply(self):
         self.cancelled = False
         self.replies += 1
@@ -132,6 +144,8 @@ class FakeEngine:
         self.notice: str | None = None
         self.fail_after: int | None = None
         self.fail_at_start: Exception | None = None
+        self.drafts: list = []  # (draft text, chunks done, the session's messages then)
+        self.draft_chunks, self.draft_delay = 3, 0.01
         self.calls: list = []
         self.loaded: list[FakeModel] = []
         self.sessions: list[FakeSession] = []

@@ -458,3 +458,23 @@ async def test_narrow_terminals_hide_the_sidebar_and_keep_the_keys_and_context(m
         assert not screen.query_one("#sidebar").display  # 50 columns: hidden...
         await pilot.press("ctrl+l")
         assert screen.query_one("#sidebar").display  # ...and Ctrl+L shows it
+
+
+async def test_the_draft_is_prefilled_while_typing_and_enter_stops_it(make_app, store):
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "first")  # a conversation to continue
+        [session] = engine.sessions
+        await pilot.press(*"second")
+        await wait_for(pilot, lambda: engine.drafts)  # after a pause in typing, in a worker
+        assert engine.drafts == [("second", 3, ["first", "You said: **first**"])]
+        engine.draft_chunks, engine.draft_delay = 500, 0.01  # a long prefill...
+        await pilot.press("!")
+        await wait_for(pilot, lambda: any(w.group == "draft" and w.is_running for w in screen.workers))
+        await pilot.press("enter")  # ...stops at Enter, and the reply goes on the same session
+        await wait_for(pilot, lambda: not screen.generating and len(views(screen)) == 4)
+        text, done, _ = engine.drafts[-1]
+        assert text == "second!" and done < 500
+        assert engine.sessions == [session] and views(screen)[-1][1] == "You said: **second!**"
