@@ -139,9 +139,10 @@ class Model:
             raise BudgetTooSmall(f"{too_small}: it needs at least {format_bytes(self.minimum_budget)}")
         if memory_budget is not None:
             room = memory_budget - allocator_headroom(memory_budget) - resident_without_kv
-            if room - self.kv_layout(floor).nbytes() < k * charge:  # a process larger than the minimum assumes
+            short = k * charge - (room - self.kv_layout(floor).nbytes())
+            if short > 0:  # a process larger than the minimum assumes (PROCESS_BASELINE)
                 raise BudgetTooSmall(f"{too_small} in this process, which holds {format_bytes(rss)} with the model "
-                                     f"loaded; it needs at least {format_bytes(memory_budget - room + self.kv_layout(floor).nbytes() + k * charge)}")
+                                     f"loaded: it needs {format_bytes(short)} more")
             if self.context_asked is None:
                 self.max_context = self._longest_context(room - k * charge, floor)
             self._room_for_experts_and_kv = room
