@@ -25,6 +25,13 @@ EXPERT_SESSION_FACTORS = {"q4b32": 1.4, "q4b32m": 1.35, "q8b32": 1.2, "q8b16": 1
 EXPERT_SESSION_FACTOR = 1.45       # ...and for any other format
 EXPERT_SESSION_FIXED = 300 << 10   # ...plus this per session (graph, kernels, plans)
 HEADROOM_FLOOR = 80 << 20        # the least of the budget kept free of accounted memory
+# The process before any model: Python, numpy, ONNX Runtime, tokenizers measured 72 MiB RSS
+# (`ask`, `bench`), and 91 MiB with the app's Textual loaded; the minimum assumes the larger.
+PROCESS_BASELINE = 96 << 20
+# What loading adds beyond dense.bin's bytes (sessions, thread pool, arenas, the prepacked head,
+# less the embedding, which is read with pread and never resident): measured 12.8 MiB on the
+# tiny test model and 8.3 MiB on the full-size 4B.
+LOAD_OVERHEAD = 16 << 20
 DEFAULT_SHARE = 0.75  # of the memory available at start, when no budget is given
 
 _libc = None
@@ -73,8 +80,9 @@ def trim_heap() -> None:
 
 
 def expert_charge(matrices) -> int:
-    """Resident bytes of one expert session: `matrices` is [(QuantFormat, raw bytes)]."""
-    return int(sum(EXPERT_SESSION_FACTORS.get(fmt.name, EXPERT_SESSION_FACTOR) * raw for fmt, raw in matrices)) \
+    """Resident bytes of one expert session: `matrices` is [(QuantFormat or its name, raw bytes)]."""
+    return int(sum(EXPERT_SESSION_FACTORS.get(getattr(fmt, "name", fmt), EXPERT_SESSION_FACTOR) * raw
+                   for fmt, raw in matrices)) \
         + EXPERT_SESSION_FIXED
 
 
@@ -90,6 +98,20 @@ def allocator_headroom(budget: int) -> int:
 def minimum_with_headroom(needed: int) -> int:
     """The smallest budget B with B - allocator_headroom(B) >= needed."""
     return max(needed + HEADROOM_FLOOR, -(-needed * 100 // 96))
+
+
+def minimum_budget(*, dense_bytes: int, kv_bytes: int, charge: int, experts_per_tok: int) -> int:
+    """The smallest budget a model runs in, from its files alone: the one figure `load()`'s
+    refusal, `stchat show`, `stchat bench` and the app's settings all give.
+
+    It counts the process before the model (`PROCESS_BASELINE`), the dense weights as loaded
+    (`dense_bytes` + `LOAD_OVERHEAD`), a full KV cache (`kv_bytes`, for the context used), one
+    layer's active experts plus two being built (each `charge`, the largest layer's
+    `expert_charge`), the freed memory allowed to pile up before a trim, and the allocator
+    headroom kept free of all that."""
+    needed = (PROCESS_BASELINE + LOAD_OVERHEAD + dense_bytes + kv_bytes + trim_slack(charge)
+              + (2 + experts_per_tok) * charge)
+    return minimum_with_headroom(needed)
 
 
 def trim_slack(charge: int) -> int:

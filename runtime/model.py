@@ -22,7 +22,8 @@ from .errors import BudgetTooSmall, BundleError, InvalidContext
 from .experts import ExpertStore, layer_charges, warm_order
 from .graphs import set_accuracy_level, with_kv_cache
 from .kvcache import KV_DTYPES, KVCache, KVLayout
-from .memory import allocator_headroom, configure_allocator, minimum_with_headroom, default_budget, format_bytes, process_rss, trim_heap, trim_slack
+from .memory import (allocator_headroom, configure_allocator, default_budget, format_bytes, minimum_budget,
+                     process_rss, trim_heap, trim_slack)
 from .sessions import init_thread_pool, initializer_names, make_session
 from .template import DEFAULT_CHATML
 
@@ -115,31 +116,35 @@ class Model:
         return self.kv_layout().nbytes(positions)
 
     def _expert_budget(self, memory_budget: int | None) -> int | None:
-        """Bytes left for expert sessions and the KV cache as it fills. The minimum budget is one
-        layer's working set with a full KV cache of the context asked for; with none asked,
-        of min(SMALLEST_AUTO_CONTEXT, trained length), and the context is then the longest
-        (up to the trained length) that the budget holds."""
+        """Bytes left for expert sessions and the KV cache as it fills. The minimum budget
+        (`memory.minimum_budget`, the figure `stchat show` gives too) counts a full float16 KV
+        cache of the context asked for; with none asked, of min(SMALLEST_AUTO_CONTEXT, trained
+        length), and the context is then the longest (up to the trained length) that the budget
+        holds."""
         cfg = self.config
+        k = cfg.num_experts_per_tok
         charge = max(layer_charges(self.bundle))
         # measured: everything resident now (interpreter, libraries, dense sessions); then headroom
-        # for memory freed but not yet trimmed and two builds in flight. The minimum counts a full
-        # KV cache, so any accepted budget can fill the context.
-        resident_without_kv = process_rss() + trim_slack(charge) + 2 * charge
-        working_set_without_kv = resident_without_kv + cfg.num_experts_per_tok * charge
+        # for memory freed but not yet trimmed and two builds in flight.
+        rss = process_rss()
+        resident_without_kv = rss + trim_slack(charge) + 2 * charge
         floor = self.context_asked or min(SMALLEST_AUTO_CONTEXT, cfg.context_length)
-        self.minimum_budget = minimum_with_headroom(working_set_without_kv + self.kv_layout(floor).nbytes())
+        self.minimum_budget = minimum_budget(
+            dense_bytes=(self.bundle.path / "dense.bin").stat().st_size,
+            kv_bytes=KVLayout.for_model(cfg, floor, "float16").nbytes(), charge=charge, experts_per_tok=k)
         self._room_for_experts_and_kv = None
+        too_small = (f"memory budget of {format_bytes(memory_budget or 0)} is too small for this model with a "
+                     f"context of {floor} tokens")
         if memory_budget is not None and memory_budget < self.minimum_budget:
-            raise BudgetTooSmall(
-                f"memory budget of {format_bytes(memory_budget)} is too small for this model with a context of "
-                f"{floor} tokens: it needs at least {format_bytes(self.minimum_budget)} "
-                f"({format_bytes(resident_without_kv)} always resident + KV cache "
-                f"{format_bytes(self.kv_layout(floor).nbytes())} + {cfg.num_experts_per_tok} experts of "
-                f"{format_bytes(charge)} + allocator headroom)")
+            raise BudgetTooSmall(f"{too_small}: it needs at least {format_bytes(self.minimum_budget)}")
         if memory_budget is not None:
             room = memory_budget - allocator_headroom(memory_budget) - resident_without_kv
+            short = k * charge - (room - self.kv_layout(floor).nbytes())
+            if short > 0:  # a process larger than the minimum assumes (PROCESS_BASELINE)
+                raise BudgetTooSmall(f"{too_small} in this process, which holds {format_bytes(rss)} with the model "
+                                     f"loaded: it needs {format_bytes(short)} more")
             if self.context_asked is None:
-                self.max_context = self._longest_context(room - cfg.num_experts_per_tok * charge, floor)
+                self.max_context = self._longest_context(room - k * charge, floor)
             self._room_for_experts_and_kv = room
         self.measured_resident = resident_without_kv + self.kv_bytes()
         return self._room_for_experts_and_kv  # no KV cache written yet

@@ -149,6 +149,17 @@ def _summary(text: str, finished, name: str, load_seconds: float) -> dict:
     }
 
 
+OPTION_OF = {"temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
+             "repetition_penalty": "--repeat-penalty", "seed": "--seed"}
+
+
+def _option_words(message: str) -> str:
+    """The runtime's sampling error in the command line's words: `--repeat-penalty must be...`,
+    not the `repetition_penalty` field it checks (`None` is the runtime's "not given")."""
+    field, _, rest = message.partition(" ")
+    return f"{OPTION_OF.get(field, field)} {rest.replace('None or ', '')}"
+
+
 def ask(request: AskRequest, stdin: TextIO | None, out: TextIO, err: TextIO) -> ExitCode:
     """Run one prompt; returns the exit code. Raises StchatError/runtime errors for main()."""
     text = build_prompt(request.prompt, stdin)
@@ -160,7 +171,7 @@ def ask(request: AskRequest, stdin: TextIO | None, out: TextIO, err: TextIO) -> 
     try:
         sampling = runtime.SamplingParams(**(request.sampling or {}))
     except ValueError as error:
-        raise UsageError(str(error)) from None
+        raise UsageError(_option_words(str(error))) from None
     resolved = resolve(request.model, Reporter(err))
     ctrl_c = _CtrlC()
     previous = signal.signal(signal.SIGINT, ctrl_c)
@@ -193,9 +204,9 @@ def ask(request: AskRequest, stdin: TextIO | None, out: TextIO, err: TextIO) -> 
                         print(f"stchat: {event.message}", file=err, flush=True)
                     elif isinstance(event, runtime.Finished):
                         finished = event
-            finally:  # also on a second Ctrl-C: end the partial answer's line
+            finally:  # also on a second Ctrl-C: end the partial answer's line (if one was started)
                 answer = "".join(pieces)
-                if not request.json_output and not answer.endswith("\n"):
+                if not request.json_output and answer and not answer.endswith("\n"):
                     out.write("\n")
                     out.flush()
         finally:

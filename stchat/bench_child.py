@@ -24,6 +24,7 @@ def measure(bundle: str, memory: int | None, threads: int | None, prompt_tokens:
     import numpy as np
 
     import runtime
+    from stchat.manage import Installed
 
     started = time.perf_counter()
     model = runtime.load(bundle, memory_budget=memory, threads=threads, context=context)
@@ -58,7 +59,8 @@ def measure(bundle: str, memory: int | None, threads: int | None, prompt_tokens:
         "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
         "read_per_token": (stats.bytes_read - before[2]) / gen_tokens / 2**20,
         "stall_per_token": (stats.stall_seconds - before[3]) / gen_tokens * 1e3,
-        "minimum_budget": model.minimum_budget,
+        # as `show` gives it: for the context a run asks for by default, not this short one
+        "minimum_budget": Installed("", model.bundle.path, model.bundle.manifest, {}).memory()["minimum"],
         "always_resident": model.measured_resident,  # dense sessions, runtime, a full KV cache
         "context": model.max_context,
         "kv_cache": model.kv_bytes(),

@@ -37,16 +37,30 @@ def staging_root() -> Path:
 
 @contextmanager
 def name_lock(name: str):
-    """Exclusive right to install `name`; a second pull of it fails at once with a clear line."""
-    with open(staging_root() / f"{name}.lock", "a+") as handle:
+    """Exclusive right to install `name`; a second pull of it fails at once with a clear line.
+
+    The lock file is deleted on release, so none pile up. A pull that opened it just before
+    then holds a lock on a deleted file: it sees that (the path no longer names its file)
+    and opens the path again."""
+    path = staging_root() / f"{name}.lock"
+    while True:
+        handle = open(path, "a+")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
             raise StchatError(f"another stchat pull of {name} is running; wait for it to finish") from None
         try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # still holding the lock: nobody else has this file
+        handle.close()
 
 
 def read_json(path: Path) -> dict:

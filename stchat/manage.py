@@ -1,11 +1,8 @@
 """`stchat list`, `show` and `rm`: what is installed, what it needs, and getting rid of it.
 
-Everything here reads the bundle's `manifest.json` and the pull record next to it, never the
-runtime (so these commands answer instantly and work on a machine too small to load the
-model). The memory figures are the model's side of the runtime's rule (`runtime/model.py`): everything
-in RAM is the dense weights, every expert and the KV cache; with offloading, at least the dense
-weights, the KV cache and one layer's active experts must fit. The runtime adds what only a
-running process knows (its own size, per-session overhead), so its minimum is higher.
+Everything here reads the bundle's `manifest.json` and the pull record next to it, never loads
+the model (so these commands work on a machine too small to run it). The smallest memory budget
+shown is `runtime.memory.minimum_budget`, the same function the runtime refuses a budget with.
 """
 from __future__ import annotations
 
@@ -92,20 +89,26 @@ class Installed:
         stamp = self.record.get("installed") or self.manifest.get("created") or ""
         return stamp.replace("T", " ").rstrip("Z")[:16]
 
-    def memory(self) -> dict[str, int]:
-        """Bytes: dense, experts (all), one expert, KV cache, all-in-RAM total, offloading minimum."""
+    def memory(self, context: int | None = None) -> dict[str, int]:
+        """Bytes: dense, experts (all), one expert and its session's charge, KV cache, all in RAM,
+        and the smallest budget (`runtime.memory.minimum_budget`: what the runtime refuses below)
+        for `context` tokens (none asked: SMALLEST_AUTO_CONTEXT, as the runtime counts)."""
+        from runtime.memory import minimum_budget
+
         cfg = self.manifest["config"]
         files = self.manifest.get("files", {})
         dense = files.get("dense.bin", {}).get("size", 0)
         layouts = self._expert_layouts()
         one = max(layout["bytes"] for layout in layouts)
         experts = sum(layout["bytes"] for layout in layouts) * cfg["num_experts"]
-        context = cfg["context_length"]
-        kv = kv_cache_bytes(cfg, context)
-        floor = kv_cache_bytes(cfg, min(SMALLEST_AUTO_CONTEXT, context))
-        return {"dense": dense, "experts": experts, "expert": one, "kv_cache": kv, "kv_tokens": context,
-                "kv_per_token": kv // context, "kv_floor": floor,
-                "ram": dense + experts + kv, "minimum": dense + floor + cfg["num_experts_per_tok"] * one}
+        kv = kv_cache_bytes(cfg, cfg["context_length"])
+        floor = kv_cache_bytes(cfg, min(context or SMALLEST_AUTO_CONTEXT, cfg["context_length"]))
+        charge = max(_charge(layout) for layout in layouts)
+        minimum = minimum_budget(dense_bytes=dense, kv_bytes=floor, charge=charge,
+                                 experts_per_tok=cfg["num_experts_per_tok"])
+        return {"dense": dense, "experts": experts, "expert": one, "expert_charge": charge, "kv_cache": kv,
+                "kv_tokens": cfg["context_length"], "kv_per_token": kv // cfg["context_length"], "kv_floor": floor,
+                "ram": dense + experts + kv, "minimum": minimum}
 
 
 def kv_cache_bytes(cfg: dict, context: int) -> int:
@@ -115,6 +118,14 @@ def kv_cache_bytes(cfg: dict, context: int) -> int:
     rows = [min(context, max(window, window + max(1, window // 16) - 1)) if sliding else context
             for sliding in cfg.get("sliding_layers") or [False] * cfg["num_layers"]]
     return sum(rows) * 2 * cfg["num_kv_heads"] * cfg["head_dim"] * KV_ITEMSIZE
+
+
+def _charge(layout: dict) -> int:
+    """What the runtime charges for one expert session of a layer with this layout."""
+    from runtime.memory import expert_charge
+
+    return expert_charge([(fmt, _array_bytes(a for key, a in layout["arrays"].items() if key.startswith(matrix + ".")))
+                          for matrix, fmt in layout["formats"].items()])
 
 
 def _prod(shape) -> int:
@@ -189,8 +200,17 @@ def list_command(
         print("  ".join(str(row[k]).ljust(widths[k]) for k in header).rstrip())
 
 
+def installed_names(incomplete: str) -> list[str]:
+    """Shell completion of a model name: the installed ones starting with what was typed."""
+    try:
+        return [name for name in installed_models() if name.startswith(incomplete)]
+    except OSError:
+        return []
+
+
 def show_command(
-    name: Annotated[str, typer.Argument(help="Installed model name (or the alias it was pulled as).")],
+    name: Annotated[str, typer.Argument(help="Installed model name (or the alias it was pulled as).",
+                                        autocompletion=installed_names)],
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Configuration, files, source and memory needed (all in RAM, and with expert offloading)."""
@@ -235,28 +255,32 @@ def show_command(
               + ("; sliding layers keep only their window" if cfg["sliding_window"] else ""),
               f"  all in RAM          {human_bytes(memory['ram'])} (dense {human_bytes(memory['dense'])} + experts "
               f"{human_bytes(memory['experts'])} + the full KV cache)",
-              f"  with offloading     at least {human_bytes(memory['minimum'])} (dense + KV cache of "
-              f"{min(SMALLEST_AUTO_CONTEXT, memory['kv_tokens'])} tokens + {cfg['num_experts_per_tok']} experts of "
-              f"one layer), plus the process itself; use stchat ask -m {model.name} --memory SIZE (too small a "
-              f"budget is refused with the exact minimum; without --context the context shrinks to what it holds)"]
+              f"  smallest budget     {human_bytes(memory['minimum'])} (the process, dense weights, KV cache of "
+              f"{min(SMALLEST_AUTO_CONTEXT, memory['kv_tokens'])} tokens, {cfg['num_experts_per_tok']} experts of one "
+              f"layer, headroom); experts beyond it stay on disk: stchat ask -m {model.name} --memory SIZE (without "
+              f"--context the context grows to what the budget holds)"]
     print("\n".join(lines))
 
 
 def rm_command(
-    name: Annotated[str, typer.Argument(help="Installed model name (or the alias it was pulled as).")],
+    names: Annotated[list[str], typer.Argument(
+        help="Installed model names (or the aliases they were pulled as).", metavar="NAME",
+        autocompletion=installed_names)],
     yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Remove an installed model (the Hugging Face cache is left alone)."""
-    model = find(name, incomplete_too=True)
+    """Remove installed models (the Hugging Face cache is left alone)."""
+    models = list({model.name: model for model in (find(name, incomplete_too=True) for name in names)}.values())
     if not yes:
+        listed = ", ".join(f"{model.name} ({human_bytes(model.size)})" for model in models)
         if not (sys.stdin.isatty() and sys.stderr.isatty()):
-            raise UsageError(f"not removing {model.name} without confirmation: pass -y")
-        if not typer.confirm(f"remove {model.name} ({human_bytes(model.size)})?", default=False, err=True):
+            raise UsageError(f"not removing {listed} without confirmation: pass -y")
+        if not typer.confirm(f"remove {listed}?", default=False, err=True):
             print("not removed", file=sys.stderr)
             raise typer.Exit(1)
     for stale in models_dir().glob(".removing-*"):   # left by an rm that was killed
         shutil.rmtree(stale, ignore_errors=True)
-    trash = models_dir() / f".removing-{model.name}-{os.getpid()}"
-    os.replace(model.path, trash)    # gone from every listing at once, then deleted
-    shutil.rmtree(trash, ignore_errors=True)
-    print(f"removed {model.name}", file=sys.stderr)
+    for model in models:
+        trash = models_dir() / f".removing-{model.name}-{os.getpid()}"
+        os.replace(model.path, trash)    # gone from every listing at once, then deleted
+        shutil.rmtree(trash, ignore_errors=True)
+        print(f"removed {model.name}", file=sys.stderr)

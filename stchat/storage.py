@@ -189,6 +189,9 @@ class Store:
             raise KeyError(conversation_id)
         return _conversation(rows[0])
 
+    def has_conversation(self, conversation_id: int) -> bool:
+        return bool(self._read("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)))
+
     def conversations(self) -> list[Conversation]:
         """All conversations, the most recently active first."""
         return [_conversation(row) for row in

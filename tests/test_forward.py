@@ -161,8 +161,6 @@ def test_logits_size_their_own_cache_beyond_the_model_context():
         runtime.load(bundle("21b"), context=513)
 
 
-def test_keys_and_values_are_float32_when_the_model_fits_and_float16_when_memory_is_short():
+def test_keys_and_values_are_float32_when_the_model_fits():
     roomy = runtime.load(bundle("21b"))  # a share of this machine's memory: far more than needed
-    assert roomy.kv_dtype == "float32"
-    tight = runtime.load(bundle("21b"), memory_budget=roomy.minimum_budget + (8 << 20))
-    assert tight.kv_dtype == "float16" and tight.new_cache().keys[0].dtype == np.float16
+    assert roomy.kv_dtype == "float32"  # float16 when memory is short: tests/test_memory_budget.py

@@ -125,7 +125,7 @@ def test_pull_alias_then_ask_list_show_offline_and_rm(hub, env):
 
     shown = run(env, "show", "4b")                                       # the alias finds the model
     assert shown.returncode == 0, shown.stderr
-    for text in ("3 layers", "8 experts per layer, 2 active", "all in RAM", "with offloading", "dense.bin",
+    for text in ("3 layers", "8 experts per layer, 2 active", "all in RAM", "smallest budget", "dense.bin",
                  "sha256", "verified", "--memory"):
         assert text in shown.stdout, text
 

@@ -227,12 +227,15 @@ def test_progress_redraws_on_a_terminal_and_writes_plain_lines_elsewhere():
 def test_show_memory_follows_the_runtime_rule(setup, hub):
     hf, reporter = setup
     pull.pull_hub(spec("21b"), hf, reporter, keep_source=False, yes=True)
+    import runtime
+    from runtime import memory as runtime_memory
+
     (model,) = manage.installed()
     memory, cfg = model.memory(), model.manifest["config"]
-    assert memory["minimum"] == memory["dense"] + memory["kv_floor"] + cfg["num_experts_per_tok"] * memory["expert"]
+    assert memory["minimum"] == runtime_memory.minimum_budget(
+        dense_bytes=memory["dense"], kv_bytes=memory["kv_floor"], charge=memory["expert_charge"],
+        experts_per_tok=cfg["num_experts_per_tok"])
     assert memory["ram"] == memory["dense"] + memory["kv_cache"] + cfg["num_layers"] * cfg["num_experts"] * memory["expert"]
-    import runtime
-
     # the KV cache as the runtime lays it out (window-sized sliding layers, float16)
     full = runtime.load(model.path, threads=1, context=cfg["context_length"], kv_dtype="float16")
     assert memory["kv_cache"] == full.kv_bytes() and memory["kv_tokens"] == cfg["context_length"]
@@ -240,8 +243,8 @@ def test_show_memory_follows_the_runtime_rule(setup, hub):
     floor = runtime.load(model.path, threads=1, context=min(4096, cfg["context_length"]), kv_dtype="float16")
     assert memory["kv_floor"] == floor.kv_bytes()
 
-    with pytest.raises(runtime.BudgetTooSmall):   # the runtime never accepts less than the model's side
-        runtime.load(model.path, memory_budget=memory["minimum"] - 1, threads=1)
+    with pytest.raises(runtime.BudgetTooSmall, match=f"needs at least {runtime_memory.format_bytes(memory['minimum'])}"):
+        runtime.load(model.path, memory_budget=memory["minimum"] - 1, threads=1)  # the same figure
     assert json.loads(json.dumps(memory))
 
 

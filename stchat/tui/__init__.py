@@ -6,10 +6,10 @@ command line (`stchat --help`, `stchat ask`) never pays for the interface.
 from __future__ import annotations
 
 
-def run() -> int:
-    """Start the app in the terminal; returns the exit status."""
+def run(model: str | None = None) -> int:
+    """Start the app in the terminal, on `model` (else the default); returns the exit status."""
     from stchat.tui.app import StchatApp
 
-    app = StchatApp()
+    app = StchatApp(model=model)
     app.run()
     return int(app.return_code or 0)

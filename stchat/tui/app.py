@@ -27,21 +27,23 @@ from stchat.storage import StorageError, Store
 from stchat.tui.chat import ChatScreen
 from stchat.tui.engine import Engine, ModelInfo, RuntimeEngine, describe_error
 from stchat.tui.messages import ModelFailed, ModelLoaded, ModelLoading
-from stchat.tui.widgets import status_line
+from stchat.tui.widgets import human_bytes, status_line
 
 
 class StchatApp(App):
     TITLE = "stchat"
     BINDINGS = [
         Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True),
+        Binding("f1,question_mark", "help", "Help", id="app.help"),  # the message box types `?`
         Binding("f3", "experts", "Experts", id="app.experts"),
         Binding("f4", "models", "Models", id="app.models"),
         Binding("f5", "settings", "Settings", id="app.settings"),
     ]
 
     def __init__(self, *, engine: Engine | None = None, store: Store | None = None,
-                 settings: Settings | None = None, native_clipboard: bool = True):
+                 settings: Settings | None = None, native_clipboard: bool = True, model: str | None = None):
         super().__init__()
+        self.requested_model = model  # `stchat -m MODEL`: loaded at start instead of the default
         self.engine = engine or RuntimeEngine()
         self.native_clipboard = native_clipboard
         self.startup_errors: list[str] = []
@@ -82,7 +84,7 @@ class StchatApp(App):
         if wanted and not self.installed_as(wanted):
             self.notify(f"{MODEL_ENV}={wanted} is not installed (stchat pull {wanted} gets an alias); "
                         f"using the default model.", severity="warning", timeout=10)
-        name = self.default_model()
+        name = self.requested_model or self.default_model()
         if name:
             self.load_model(name)
 
@@ -164,18 +166,28 @@ class StchatApp(App):
         self.unload_model()
         self.model, self.model_name = message.model, message.name
         self.loading = self.load_started = None
-        self.refresh_status()
+        self.models_changed()
 
     def on_model_failed(self, message: ModelFailed) -> None:
         if message.name == self.loading:
             self.loading = self.load_started = None
         self.notify(message.error, title=f"Cannot load {message.name}", severity="error", timeout=15)
-        self.refresh_status()
+        self.models_changed()
 
     def on_model_loading(self, message: ModelLoading) -> None:
+        self.models_changed()
+
+    def models_changed(self) -> None:
+        """Installed, loading or loaded models changed: every open screen that shows them redraws."""
         self.refresh_status()
+        for screen in self.screen_stack:
+            if hasattr(screen, "models_changed"):
+                screen.models_changed()
 
     def unload_model(self) -> None:
+        for screen in self.screen_stack:
+            if hasattr(screen, "stop_draft"):
+                screen.stop_draft()  # no prefill may run on a model being closed
         if self.model is not None:
             model, self.model, self.model_name = self.model, None, None
             try:
@@ -202,7 +214,7 @@ class StchatApp(App):
             used = model.resident_bytes() + model.experts.cache.used
         return used, getattr(model, "memory_budget", None)
 
-    def status_text(self):
+    def status_text(self, width: int | None = None):
         used, budget = self.memory()
         hit_rate = None
         if self.model is not None:
@@ -210,7 +222,8 @@ class StchatApp(App):
             hit_rate = stats.hit_rate if stats.hits + stats.misses else None
         return status_line(model_name=self.model_name, loading=self.loading, load_started=self.load_started,
                            now=time.monotonic(), prompt_tps=self.prompt_tps, generation_tps=self.generation_tps,
-                           memory_used=used, memory_budget=budget, hit_rate=hit_rate, context=self.context)
+                           memory_used=used, memory_budget=budget, hit_rate=hit_rate, context=self.context,
+                           width=width)
 
     def refresh_status(self) -> None:
         from stchat.tui.widgets import StatusBar
@@ -233,6 +246,20 @@ class StchatApp(App):
         else:
             self.notify(f"Unknown theme {name!r}; keeping {self.theme}.", severity="warning")
 
+    def budget_problem(self, budget: int | None, context: int | None = None) -> str | None:
+        """Why the model in use (or about to be) cannot run in `budget` with `context` tokens,
+        or None when it can."""
+        name = self.loading or self.model_name or self.default_model()
+        if budget is None or name is None:
+            return None
+        try:
+            minimum = self.engine.minimum_budget(name, context)
+        except Exception:  # unreadable model: loading it will say why
+            return None
+        if budget < minimum:
+            return f"{name} needs at least {human_bytes(minimum)} (its smallest budget); got {human_bytes(budget)}"
+        return None
+
     def apply_settings(self, new: Settings) -> None:
         """Save and apply: the theme at once, sampling for new chats, memory/threads/context by reloading."""
         old, self.settings = self.settings, new
@@ -246,6 +273,12 @@ class StchatApp(App):
             self.load_model(self.default_model())
 
     # -- screens ------------------------------------------------------------------------------
+    def action_help(self) -> None:
+        from stchat.tui.help_screen import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
     def action_experts(self) -> None:
         from stchat.tui.experts import ExpertsScreen
 
@@ -266,6 +299,7 @@ class StchatApp(App):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        yield SystemCommand("Help", "Every key (F1)", self.action_help)
         yield SystemCommand("Experts", "Which experts are in RAM, per layer (F3)", self.action_experts)
         yield SystemCommand("Models", "Installed models: default, delete (F4)", self.action_models)
         yield SystemCommand("Settings", "Memory budget, threads, sampling, theme (F5)", self.action_settings)

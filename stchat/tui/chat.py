@@ -9,6 +9,7 @@ conversation (or model) builds a new one from the stored history.
 """
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -23,9 +24,9 @@ from textual.worker import get_current_worker
 from stchat.storage import Conversation
 from stchat.tui.conversation_settings import ConversationSettingsScreen
 from stchat.tui.engine import describe_error
-from stchat.tui.messages import ReplyDelta, ReplyDone, ReplyNotice, ReplyStarted
+from stchat.tui.messages import ReplyDelta, ReplyDone, ReplyNotice, ReplyStarted, TextFeed
 from stchat.tui.modals import ConfirmScreen, TextPrompt
-from stchat.tui.widgets import MessageView, PromptInput, StatusBar, code_blocks, displayable
+from stchat.tui.widgets import MessageView, PromptInput, StatusBar, code_blocks, displayable, human_bytes
 
 NEW_TITLE = "New chat"
 WELCOME = """\
@@ -40,6 +41,29 @@ stchat pull 4b
 or convert a GGUF file you already have with `stchat ask -m ./model.gguf "hi"`.
 Then open **Models** (F4) to check it is there; this screen picks it up.
 """
+
+
+KEYS_IN_SHORT = """\
+| key | |
+|---|---|
+| Enter, Ctrl+J | send, new line |
+| Esc | stop the reply being written |
+| Ctrl+N, Ctrl+F | new chat, search chats |
+| F3, F4, F5 | experts, models, settings |
+| F1 | every key |
+"""
+
+
+def introduction(model: str | None, loading: str | None, context: int | None, budget: str) -> str:
+    """The empty chat's text once a model is installed: what will answer, and the main keys."""
+    if loading:
+        state = f"**{loading}** is loading…"
+    elif model:
+        context_text = f", context {context} tokens" if context else ""
+        state = f"**{model}** is ready{context_text}, memory budget {budget}."
+    else:
+        state = "No model is loaded: choose one in Models (F4)."
+    return f"# New chat\n\n{state} Type a message below and press Enter.\n\n{KEYS_IN_SHORT}"
 
 
 def title_from(text: str) -> str:
@@ -64,23 +88,27 @@ class ChatScreen(Screen):
     ChatScreen .message { height: auto; margin: 0 0 1 0; padding: 0 1; }
     ChatScreen .message.user { background: $boost; border-left: wide $accent; }
     ChatScreen .message.assistant { border-left: wide $primary; }
+    ChatScreen .message.failed { border-left: wide $error; color: $text-error; }
     ChatScreen .message:focus { background: $boost; border-left: wide $warning; }
     ChatScreen .message .header { color: $text-muted; text-style: bold; }
     ChatScreen .message Markdown { margin: 0; padding: 0; }
     ChatScreen #welcome { padding: 1 2; }
     """
+    # The footer shows the few keys that fit in 80 columns next to F1 and F3-F5; F1 lists all.
     BINDINGS = [
         Binding("ctrl+n", "new_conversation", "New", id="chat.new"),
         Binding("escape", "stop", "Stop", id="chat.stop"),
-        Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate"),
-        Binding("f2", "rename", "Rename", id="chat.rename"),
-        Binding("f9", "conversation_settings", "Chat settings", id="chat.settings"),
-        Binding("f8,delete", "delete", "Delete", id="chat.delete"),
-        Binding("ctrl+f", "search", "Search", id="chat.search"),
-        Binding("ctrl+s", "export", "Export", id="chat.export"),
-        Binding("ctrl+o", "copy_reply", "Copy reply", id="chat.copy_reply"),
+        Binding("ctrl+r", "regenerate", "Regenerate", id="chat.regenerate", show=False),
+        Binding("f2", "rename", "Rename", id="chat.rename", show=False),
+        Binding("f9", "conversation_settings", "Chat settings", id="chat.settings", show=False),
+        Binding("f8,delete", "delete", "Delete", id="chat.delete", show=False),
+        Binding("ctrl+f", "search", "Search", id="chat.search", show=False),
+        Binding("ctrl+s", "export", "Export", id="chat.export", show=False),
+        Binding("ctrl+o", "copy_reply", "Copy reply", id="chat.copy_reply", show=False),
         Binding("ctrl+b", "copy_code", "Copy code", id="chat.copy_code", show=False),
+        Binding("ctrl+l", "toggle_sidebar", "Chats", id="chat.sidebar", show=False),
     ]
+    NARROW = 80  # columns below which the sidebar starts hidden (Ctrl+L shows it)
 
     def __init__(self):
         super().__init__()
@@ -90,6 +118,10 @@ class ChatScreen(Screen):
         self.generating = False
         self.streaming_view: MessageView | None = None
         self.stream = None
+        self.feed: TextFeed | None = None
+        self._session_lock = threading.Lock()  # the session's KV cache: one thread at a time
+        self._draft_timer = None
+        self._sidebar_chosen: bool | None = None  # Ctrl+L's choice, once made, over the automatic one
         self._started = 0.0
         self._tokens = 0
 
@@ -109,7 +141,7 @@ class ChatScreen(Screen):
     async def on_mount(self) -> None:
         await self.refresh_conversations()
         conversations = self.app.store.conversations()
-        if conversations:
+        if conversations and not self.app.requested_model:  # `stchat -m`: a new chat on that model
             await self.open_conversation(conversations[0].id)
         else:
             await self.show_empty()
@@ -133,11 +165,22 @@ class ChatScreen(Screen):
         await self.messages_view.remove_children()
         if not self.app.engine_installed():
             await self.messages_view.mount(Markdown(WELCOME, id="welcome"))
+            return
+        app = self.app
+        text = introduction(app.model_name, app.loading, getattr(app.model, "max_context", None),
+                            human_bytes(app.memory()[1]))
+        await self.messages_view.mount(Markdown(text, id="welcome"))
+
+    def models_changed(self) -> None:
+        if self.conversation_id is None and not self.generating:
+            self.call_next(self.show_empty)
 
     async def open_conversation(self, conversation_id: int | None) -> None:
         """Show a conversation (None: an empty screen for a new one)."""
+        self.workers.cancel_group(self, "draft")
         if self.generating:
-            self.action_stop()
+            self.stop_reply()
+            await self._detach_reply()
         self.conversation_id = conversation_id
         if conversation_id is None:
             await self.show_empty()
@@ -158,7 +201,7 @@ class ChatScreen(Screen):
         item = event.item
         if isinstance(item, ConversationItem) and item.conversation_id != self.conversation_id:
             await self.open_conversation(item.conversation_id)
-            self.query_one(PromptInput).focus()
+        self.query_one(PromptInput).focus()  # the chat chosen (even the one open): type at once
 
     @on(Input.Changed, "#search")
     async def _search(self, event: Input.Changed) -> None:
@@ -172,7 +215,21 @@ class ChatScreen(Screen):
         listing.focus()
 
     def action_search(self) -> None:
+        self.show_sidebar(True)
         self.query_one("#search", Input).focus()
+
+    def show_sidebar(self, shown: bool) -> None:
+        self.query_one("#sidebar").display = shown
+        if not shown:
+            self.query_one(PromptInput).focus()
+
+    def action_toggle_sidebar(self) -> None:
+        self._sidebar_chosen = not self.query_one("#sidebar").display
+        self.show_sidebar(self._sidebar_chosen)
+
+    def on_resize(self) -> None:
+        if self._sidebar_chosen is None:  # until Ctrl+L is pressed, the width decides
+            self.query_one("#sidebar").display = self.size.width >= self.NARROW
 
     async def action_new_conversation(self) -> None:
         await self.open_conversation(None)
@@ -300,6 +357,7 @@ class ChatScreen(Screen):
         await self._start_reply(messages[-1].content, regenerate=True)
 
     async def _start_reply(self, text: str, regenerate: bool) -> None:
+        self.workers.cancel_group(self, "draft")
         self.generating = self.app.generating = True
         self.streaming_view = MessageView("assistant", state="streaming")
         await self.messages_view.mount(self.streaming_view)
@@ -307,7 +365,8 @@ class ChatScreen(Screen):
         self.messages_view.anchor()
         self.stream = Markdown.get_stream(self.streaming_view.markdown)
         self._started, self._tokens = time.monotonic(), 0
-        self.generate(self.app.store.conversation(self.conversation_id), text, regenerate)
+        feed = self.feed = TextFeed(lambda: self.post_message(ReplyDelta(feed)))
+        self.generate(self.app.store.conversation(self.conversation_id), text, regenerate, feed)
 
     def _session_for(self, conversation: Conversation, regenerate: bool):
         """The chat session for this conversation and model, built from the stored history."""
@@ -324,22 +383,60 @@ class ChatScreen(Screen):
         self.session_key = key
         return self.session
 
+    # -- prefill while typing ---------------------------------------------------------------
+    DRAFT_IDLE = 0.3  # seconds without a keystroke before the draft is prefilled
+
+    @on(PromptInput.Changed, "#prompt")
+    def _draft_changed(self) -> None:
+        """Each edit stops the prefill under way and restarts the wait: typing never waits."""
+        self.workers.cancel_group(self, "draft")
+        if self._draft_timer is not None:
+            self._draft_timer.stop()
+        self._draft_timer = self.set_timer(self.DRAFT_IDLE, self._start_draft)
+
+    def stop_draft(self) -> None:
+        """Cancel the draft's prefill and wait for its chunk in flight (before the model goes)."""
+        self.workers.cancel_group(self, "draft")
+        if not self.generating:  # (a reply holds the lock to its end; no draft runs then)
+            with self._session_lock:
+                pass
+
+    def _start_draft(self) -> None:
+        text = self.query_one(PromptInput).text
+        if text.strip() and self.conversation_id is not None and self.app.model is not None and not self.generating:
+            self.prefill_draft(self.app.store.conversation(self.conversation_id), text)
+
+    @work(thread=True, exclusive=True, group="draft", exit_on_error=False)
+    def prefill_draft(self, conversation: Conversation, text: str) -> None:
+        """The conversation plus the draft into the KV cache (`ChatSession.prefill_draft`), so
+        Enter prefills only what changed since. Cancelled by an edit, Enter or leaving the chat."""
+        worker = get_current_worker()
+        with self._session_lock:
+            if worker.is_cancelled or self.conversation_id != conversation.id:
+                return
+            session = self._session_for(conversation, regenerate=True)  # history as stored: no new message yet
+            session.prefill_draft(text, cancelled=lambda: worker.is_cancelled)
+
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
-    def generate(self, conversation: Conversation, text: str, regenerate: bool) -> None:
+    def generate(self, conversation: Conversation, text: str, regenerate: bool, feed: TextFeed) -> None:
         """Runs in a thread: feeds the session, stores the reply as it streams, posts events."""
         from runtime.events import Finished, Notice, TextDelta
 
         worker = get_current_worker()
         writer, finished, error = None, None, None
+        self._session_lock.acquire()  # a draft being prefilled stops at its next chunk
         try:
             session = self._session_for(conversation, regenerate)
-            writer = self.app.store.reply_writer(conversation.id)
-            self.post_message(ReplyStarted(conversation.id, writer.message_id))
             events = session.regenerate() if regenerate else session.send(text)
             for event in events:
+                if writer is None and isinstance(event, (TextDelta, Finished)):
+                    # stored from the first token on: a reply that never started (the message
+                    # does not fit the context) leaves no empty "stopped" one behind
+                    writer = self.app.store.reply_writer(conversation.id)
+                    self.post_message(ReplyStarted(conversation.id, writer.message_id))
                 if isinstance(event, TextDelta):
                     writer.append(event.text)
-                    self.post_message(ReplyDelta(event.text))
+                    feed.add(event.text)
                 elif isinstance(event, Notice):
                     self.post_message(ReplyNotice(event.message))
                 elif isinstance(event, Finished):
@@ -348,6 +445,8 @@ class ChatScreen(Screen):
                     session.cancel()
         except Exception as caught:  # shown as a notification, the partial reply is kept
             error = describe_error(caught)
+        finally:
+            self._session_lock.release()
         state = "complete" if finished is not None and finished.reason != "cancelled" and error is None else "stopped"
         stats = None
         if finished is not None:
@@ -370,11 +469,13 @@ class ChatScreen(Screen):
             self.streaming_view.message_id = message.message_id
 
     async def on_reply_delta(self, message: ReplyDelta) -> None:
-        self._tokens += 1
-        if self.streaming_view is not None:
-            self.streaming_view.content += message.text
+        text, tokens = message.feed.take()
+        if message.feed is not self.feed or self.streaming_view is None:
+            return  # a reply whose chat has left the screen
+        self._tokens += tokens
+        self.streaming_view.content += text
         if self.stream is not None:
-            await self.stream.write(displayable(message.text))
+            await self.stream.write(displayable(text))
         elapsed = time.monotonic() - self._started
         if elapsed > 0:
             self.app.generation_tps = self._tokens / elapsed
@@ -383,21 +484,31 @@ class ChatScreen(Screen):
     def on_reply_notice(self, message: ReplyNotice) -> None:
         self.app.notify(message.text, title="Context")
 
+    async def _detach_reply(self) -> None:
+        """Stop drawing the reply in progress: its chat is leaving the screen (switched away
+        from or deleted). Its remaining events then find no view and change nothing on screen.
+        The attributes are cleared before any await, since handlers may run in between."""
+        stream, self.stream, self.streaming_view, self.feed = self.stream, None, None, None
+        if stream is not None:
+            await stream.stop()
+
     async def on_reply_done(self, message: ReplyDone) -> None:
-        if self.stream is not None:
-            await self.stream.stop()
-            self.stream = None
-        view, self.streaming_view = self.streaming_view, None
+        view = self.streaming_view
+        await self._detach_reply()
         if view is not None and view.is_attached:
-            await view.finish(message.text, message.state, message.stats)
+            if message.message_id is None and message.error:  # nothing was said: say why, there
+                await view.fail(message.error)
+            else:
+                await view.finish(message.text, message.state, message.stats)
         if message.stats:
             self.app.prompt_tps = message.stats["prompt_tps"] if message.stats["prompt_tokens"] else None
             self.app.generation_tps = message.stats["generation_tps"] if message.stats["generated_tokens"] else None
         self._update_context()
         self.generating = self.app.generating = False
         if message.error:
-            self.app.notify(message.error, title="Generation failed", severity="error", timeout=10)
             self.session = self.session_key = None  # rebuild from the stored history next time
+            if message.message_id is not None and self.app.store.has_conversation(message.conversation_id):
+                self.app.notify(message.error, title="Generation failed", severity="error", timeout=10)
         self.query_one("#status", StatusBar).refresh_status()
         self.app.generation_finished()
 
@@ -407,6 +518,16 @@ class ChatScreen(Screen):
             self.app.context = (cache.length, cache.capacity)
 
     def action_stop(self) -> None:
+        """Esc: in the sidebar, clear the search and go back to typing; elsewhere, stop the reply."""
+        search, listing = self.query_one("#search", Input), self.query_one("#conversations", ListView)
+        if search.has_focus or listing.has_focus:
+            if search.value:
+                search.value = ""  # lists every chat again
+            self.query_one(PromptInput).focus()
+            return
+        self.stop_reply()
+
+    def stop_reply(self) -> None:
         if self.generating and self.session is not None:
             self.session.cancel()
             self.app.notify("Stopped.", timeout=2)

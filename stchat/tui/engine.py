@@ -7,7 +7,8 @@ until a model is loaded. Tests pass a scripted engine with the same methods.
 
 A loaded model is used through: `.config` (num_layers, num_experts, ...),
 `.experts.cache` (`stats`, `resident()`, `used`, `budget`), `.memory_budget`,
-`.resident_bytes()` and `.close()`. A session through `.send(text)`, `.regenerate()`,
+`.resident_bytes()` and `.close()`; `minimum_budget(name, context)` is the smallest memory
+budget a model loads in, known without loading it. A session through `.send(text)`, `.regenerate()`,
 `.cancel()`, `.messages` and `.cache.length` / `.cache.capacity`, yielding the runtime's events.
 """
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Engine(Protocol):
     def session(self, model, *, system_prompt: str | None, sampling: dict, messages: list[dict]): ...
 
     def delete(self, name: str) -> None: ...
+
+    def minimum_budget(self, name: str, context: int | None = None) -> int: ...
 
     def pull(self, spec: str, report: "Report", cancelled: "Cancelled") -> str: ...
 
@@ -109,6 +112,16 @@ class RuntimeEngine:
             return runtime.load(resolved.path, memory_budget=memory_budget, threads=threads, context=context)
         except runtime.InvalidContext:  # the setting is longer than this model was trained for: all of it
             return runtime.load(resolved.path, memory_budget=memory_budget, threads=threads)
+
+    def minimum_budget(self, name: str, context: int | None = None) -> int:
+        """The smallest memory budget `name` loads in with `context` (what the runtime refuses below)."""
+        from stchat.manage import Installed
+        from stchat.models import resolve
+        from stchat.progress import Reporter
+
+        path = resolve(name, Reporter(io.StringIO(), tty=False)).path
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        return Installed(name, path, manifest, {}).memory(context)["minimum"]
 
     def session(self, model, *, system_prompt: str | None, sampling: dict, messages: list[dict]):
         import runtime

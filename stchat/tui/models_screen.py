@@ -32,6 +32,7 @@ class ModelsScreen(Screen):
     ModelsScreen > Vertical { padding: 1 2; height: 1fr; }
     ModelsScreen #models { height: auto; max-height: 60%; }
     ModelsScreen #empty { color: $warning; margin: 1 0; }
+    ModelsScreen #keys { color: $text-muted; }
     ModelsScreen #pull-row { height: auto; margin-top: 1; }
     ModelsScreen #pull-spec { width: 1fr; }
     ModelsScreen #pull-log { height: auto; color: $text-muted; margin-top: 1; }
@@ -39,11 +40,13 @@ class ModelsScreen(Screen):
     """
     BINDINGS = [
         Binding("escape", "back", "Back", id="models.back"),
-        Binding("d", "make_default", "Make default", id="models.default"),
-        Binding("u", "use", "Use now", id="models.use"),
-        Binding("delete,x", "delete", "Delete", id="models.delete"),
-        Binding("p", "focus_pull", "Pull", id="models.pull"),
+        # told by the line under the table, so the footer keeps room for F1 and F3-F5 at 80 columns
+        Binding("d", "make_default", "Make default", id="models.default", show=False),
+        Binding("u", "use", "Use now", id="models.use", show=False),
+        Binding("delete,x", "delete", "Delete", id="models.delete", show=False),
+        Binding("p", "focus_pull", "Pull", id="models.pull", show=False),
     ]
+    KEYS = "Enter or u: use now · d: make default (★) · x: delete · p: pull · ● is the loaded model"
 
     def __init__(self):
         super().__init__()
@@ -56,6 +59,7 @@ class ModelsScreen(Screen):
         with Vertical():
             yield Label("Installed models", classes="title")
             yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
+            yield Static(self.KEYS, id="keys", markup=False)
             yield Static("", id="empty")
             with Horizontal(id="pull-row"):
                 yield Input(placeholder="Pull: 4b, 21b, OWNER/REPO[:FILE] or a path to a .gguf file",
@@ -71,9 +75,13 @@ class ModelsScreen(Screen):
         self.refresh_table()
         (table if table.row_count else self.query_one("#pull-spec", Input)).focus()
 
-    def refresh_table(self) -> None:
+    def models_changed(self) -> None:
+        self.refresh_table(list_again=False)
+
+    def refresh_table(self, list_again: bool = True) -> None:
         app = self.app
-        app.refresh_installed()
+        if list_again:
+            app.refresh_installed()
         table = self.query_one("#models", DataTable)
         selected = self.selected()
         table.clear()
@@ -157,7 +165,8 @@ class ModelsScreen(Screen):
             self.app.notify(f"Deleted {message.name}.")
             if self.app.settings.default_model == message.name:
                 self.app.apply_settings(self.app.settings.replace(default_model=""))
-        self.refresh_table()
+        self.app.refresh_installed()
+        self.app.models_changed()
 
     # -- pull ---------------------------------------------------------------------------------
     def action_focus_pull(self) -> None:
@@ -210,7 +219,8 @@ class ModelsScreen(Screen):
         else:
             self.status_line = f"success: {message.name} is installed"
             self.app.notify(f"{message.name} is installed.")
-            self.refresh_table()
+            self.app.refresh_installed()
+            self.app.models_changed()
             if self.app.model is None and not self.app.loading:
                 self.app.load_model(self.app.default_model() or message.name)
         self._show_log()

@@ -76,17 +76,26 @@ class SettingsScreen(Screen):
         data["default_model"] = self.app.settings.default_model
         return data
 
+    def on_mount(self) -> None:
+        self.query_one("#memory_budget", Input).focus()  # typing goes to the form at once
+
     def action_save(self) -> None:
         for field in self.query(Input):
             field.remove_class("-invalid")
         try:
             new = Settings.from_dict(self.values())
+            problem = self.app.budget_problem(new.memory_bytes, new.context_tokens)
+            if problem:
+                raise SettingsError([f"memory_budget: {problem}"])
         except SettingsError as error:
-            self.query_one("#errors", Static).update("\n".join(error.problems))
-            for problem in error.problems:
-                name = problem.split(":", 1)[0]
+            labels = {name: label for name, label, _ in FIELDS}
+            shown = []
+            for problem in error.problems:  # "field: what is wrong", shown with the field's label
+                name, _, what = problem.partition(":")
+                shown.append(f"{labels.get(name, name)}:{what}")
                 for field in self.query(f"#{name}"):
                     field.add_class("-invalid")
+            self.query_one("#errors", Static).update("\n".join(shown))
             self.app.notify(f"{len(error.problems)} setting(s) to fix before saving.", severity="error")
             return
         try:

@@ -80,6 +80,8 @@ class MessageView(Vertical, can_focus=True):
             parts.append("…")
         elif self.state == "stopped":
             parts.append("(stopped)")
+        elif self.state == "failed":
+            parts.append("(no reply)")
         if self.stats and self.stats.get("generated_tokens"):
             parts.append(f"· {self.stats['generated_tokens']} tokens, "
                          f"{self.stats.get('generation_tps', 0):.1f} t/s")
@@ -95,8 +97,11 @@ class MessageView(Vertical, can_focus=True):
         await self.markdown.update(displayable(content))
         self.query_one(".header", Label).update(self.header())
 
-    def set_state(self, state: str) -> None:
-        self.state = state
+    async def fail(self, error: str) -> None:
+        """A reply that could not start: the error in its place (shown, never stored)."""
+        self.content, self.state = "", "failed"
+        self.add_class("failed")
+        await self.markdown.update(displayable(error[:1].upper() + error[1:]))
         self.query_one(".header", Label).update(self.header())
 
     def action_copy(self) -> None:
@@ -132,28 +137,41 @@ class StatusBar(Static):
         self.refresh_status()
 
     def refresh_status(self) -> None:
-        self.update(self.app.status_text())
+        self.update(self.app.status_text(self.size.width - 2 if self.size.width > 2 else None))
 
 
 def status_line(*, model_name: str | None, loading: str | None, load_started: float | None, now: float,
                 prompt_tps: float | None, generation_tps: float | None, memory_used: int | None,
-                memory_budget: int | None, hit_rate: float | None, context: tuple[int, int] | None) -> Text:
-    """The status bar's text, from plain numbers (so it is easy to test)."""
-    sep = " │ "
-    parts: list[str] = []
+                memory_budget: int | None, hit_rate: float | None, context: tuple[int, int] | None,
+                width: int | None = None) -> Text:
+    """The status bar's text, from plain numbers (so it is easy to test). Where `width` is too
+    narrow for all of it, the prompt speed goes first, then the hit rate, then the generation
+    speed: the model, memory and context stay."""
+    parts = _status_parts(model_name, loading, load_started, now, prompt_tps, generation_tps, memory_used,
+                          memory_budget, hit_rate, context)
+    for optional in ("prompt", "experts", "gen"):
+        if width is None or len(" │ ".join(parts.values())) <= width:
+            break
+        del parts[optional]
+    return Text(" │ ".join(parts.values()), no_wrap=True, overflow="ellipsis")
+
+
+def _status_parts(model_name, loading, load_started, now, prompt_tps, generation_tps, memory_used, memory_budget,
+                  hit_rate, context) -> dict[str, str]:
+    parts: dict[str, str] = {}
     if loading:
         elapsed = f" {now - load_started:.0f}s" if load_started is not None else ""
-        parts.append(f"loading {loading}…{elapsed}")
+        parts["model"] = f"loading {loading}…{elapsed}"
     else:
-        parts.append(model_name or "no model")
-    parts.append(f"prompt {prompt_tps:.1f} t/s" if prompt_tps is not None else "prompt – t/s")
-    parts.append(f"gen {generation_tps:.1f} t/s" if generation_tps is not None else "gen – t/s")
+        parts["model"] = model_name or "no model"
+    parts["prompt"] = f"prompt {prompt_tps:.1f} t/s" if prompt_tps is not None else "prompt – t/s"
+    parts["gen"] = f"gen {generation_tps:.1f} t/s" if generation_tps is not None else "gen – t/s"
     used = human_bytes(memory_used) if memory_used is not None else "–"
-    parts.append(f"mem {used} / {human_bytes(memory_budget)}")
-    parts.append(f"experts {hit_rate:.0%} hit" if hit_rate is not None else "experts – hit")
-    if context:
+    parts["mem"] = f"mem {used} / {human_bytes(memory_budget)}"
+    parts["experts"] = f"experts {hit_rate:.0%} hit" if hit_rate is not None else "experts – hit"
+    if context and context[1]:
         length, capacity = context
-        parts.append(f"ctx {length}/{capacity} ({length / capacity:.0%})" if capacity else "ctx –")
+        parts["ctx"] = f"ctx {length}/{capacity} ({length / capacity:.0%})"
     else:
-        parts.append("ctx –")
-    return Text(sep.join(parts), no_wrap=True, overflow="ellipsis")
+        parts["ctx"] = "ctx –"
+    return parts

@@ -85,10 +85,25 @@ class FakeSession:
     def cancel(self) -> None:
         self.cancelled = True
 
+    def prefill_draft(self, text: str, cancelled=lambda: False) -> int:
+        """Like the runtime's: a chunk at a time, stopping as soon as `cancelled()`."""
+        done = 0
+        for done in range(self.engine.draft_chunks):
+            if cancelled():
+                break
+            time.sleep(self.engine.draft_delay)
+        else:
+            done = self.engine.draft_chunks
+        self.engine.drafts.append((text, done, [m["content"] for m in self.messages]))
+        return done
+
     def _reply(self):
         self.cancelled = False
         self.replies += 1
         self.engine.calls.append(("reply", [m["content"] for m in self.messages]))
+        if self.engine.fail_at_start is not None:  # as the runtime does when a message cannot fit
+            self.messages.pop()
+            raise self.engine.fail_at_start
         if self.engine.notice:
             yield Notice(self.engine.notice)
         text = self.engine.reply_for(self.messages[-1]["content"], self.engine.reply_count)
@@ -128,6 +143,9 @@ class FakeEngine:
         self.reply_count = 0
         self.notice: str | None = None
         self.fail_after: int | None = None
+        self.fail_at_start: Exception | None = None
+        self.drafts: list = []  # (draft text, chunks done, the session's messages then)
+        self.draft_chunks, self.draft_delay = 3, 0.01
         self.calls: list = []
         self.loaded: list[FakeModel] = []
         self.sessions: list[FakeSession] = []
@@ -156,6 +174,11 @@ class FakeEngine:
         session = FakeSession(self, model, system_prompt, sampling, messages)
         self.sessions.append(session)
         return session
+
+    minimum = 60 * 2**20
+
+    def minimum_budget(self, name: str, context=None) -> int:
+        return self.minimum
 
     def delete(self, name: str) -> None:
         self.models.remove(name)

@@ -322,3 +322,159 @@ async def test_each_conversation_keeps_its_own_system_prompt_and_sampling(make_a
         await send(pilot, "another chat")             # a new conversation still takes the defaults
         assert store.conversation(screen.conversation_id).system_prompt is None
         assert engine.sessions[-1].sampling["top_k"] == app.settings.top_k
+
+
+async def test_deleting_a_chat_while_its_reply_streams_stops_it_harmlessly(make_app, store):
+    engine = FakeEngine(reply=lambda text: " ".join(f"w{i}" for i in range(2000)), delay=0.005)
+    app = make_app(engine)
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        for _ in range(3):  # the race depends on timing: delete at different points of the reply
+            await pilot.press(*"go", "enter")
+            await wait_for(pilot, lambda: screen.streaming_view is not None and len(screen.streaming_view.content) > 5)
+            await pilot.press("f8")
+            await pilot.pause()
+            await pilot.press("y")
+            await wait_for(pilot, lambda: not screen.generating)
+            await pilot.pause(0.05)
+            assert store.conversations() == [] and screen.conversation_id is None
+            assert views(screen) == []
+            assert engine.sessions[-1].cancelled  # the generation was stopped, not left running
+        assert app.return_code is None and app.is_running  # no crash
+
+
+async def test_the_app_opened_on_a_model_starts_a_new_chat_with_it(make_app, store, stchat_home):
+    from stchat.settings import Settings
+    from stchat.tui.app import StchatApp
+
+    old = store.create_conversation("earlier", model="tiny")
+    store.add_message(old.id, "user", "hi")
+    engine = FakeEngine(models=("tiny", "other"))
+    app = StchatApp(engine=engine, store=store, settings=Settings(), native_clipboard=False, model="other")
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await pilot.pause(0.1)
+        assert app.model_name == "other" and [c[1] for c in engine.calls if c[0] == "load"] == ["other"]
+        assert screen.conversation_id is None and views(screen) == []
+        await send(pilot, "hello")
+        assert store.conversation(screen.conversation_id).model == "other"
+
+
+async def test_a_message_too_long_for_the_context_shows_the_error_in_place_of_the_reply(make_app, store):
+    from runtime.errors import ContextOverflow
+
+    engine = FakeEngine()
+    engine.fail_at_start = ContextOverflow("the message needs 900 tokens plus 128 to answer; the context holds 512")
+    app = make_app(engine)
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "a very long message")
+        reply = screen.query(MessageView).last()
+        assert (reply.role, reply.state) == ("assistant", "failed")
+        assert reply.markdown.source == "The message needs 900 tokens plus 128 to answer; the context holds 512"
+        assert "(no reply)" in str(reply.query_one(".header").render())
+        [conversation] = store.conversations()  # nothing misleading stored: no empty reply
+        assert [(m.role, m.content) for m in store.messages(conversation.id)] == [("user", "a very long message")]
+        engine.fail_at_start = None
+        await send(pilot, "short")  # the chat goes on
+        assert [m.role for m in store.messages(conversation.id)] == ["user", "user", "assistant"]
+
+
+async def test_the_first_screen_with_a_model_says_which_and_the_main_keys(make_app, store):
+    app = make_app()
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await pilot.pause()
+        intro = screen.query_one("#welcome").source
+        assert "**tiny** is ready" in intro and "memory budget auto" in intro
+        assert all(key in intro for key in ("Enter", "Esc", "Ctrl+N", "F3, F4, F5", "F1"))
+        await send(pilot, "hello")  # the first message replaces it
+        assert not screen.query("#welcome")
+
+
+async def test_f1_and_question_mark_open_the_help_but_the_message_box_types_it(make_app, store):
+    from stchat.tui.help_screen import HelpScreen
+
+    app = make_app()
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await pilot.press("question_mark")  # in the message box: a character
+        assert screen.query_one(PromptInput).text == "?" and not isinstance(app.screen, HelpScreen)
+        await pilot.press("f1")
+        assert isinstance(app.screen, HelpScreen)
+        keys = app.screen.query_one("#keys").source
+        assert all(key in keys for key in ("Ctrl+R", "F2, F8", "Ctrl+L", "F9", "Ctrl+O", "Ctrl+S", "F3", "Ctrl+Q"))
+        await pilot.press("escape")
+        screen.query_one("#conversations").focus()
+        await pilot.press("question_mark")  # outside the message box: the help
+        assert isinstance(app.screen, HelpScreen)
+
+
+async def test_search_then_enter_goes_to_the_chat_and_esc_leaves_the_search(make_app, store):
+    from textual.widgets import Input
+
+    store.create_conversation("alpha talk")
+    store.create_conversation("beta talk")
+    app = make_app()
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        prompt = screen.query_one(PromptInput)
+        await pilot.press("ctrl+f", *"alpha", "enter")  # to the list
+        await pilot.press("enter")  # open it: typing goes to the message box
+        await pilot.pause()
+        assert prompt.has_focus and screen.conversation_id == store.conversations()[-1].id
+        await pilot.press("ctrl+f", *"beta", "enter", "enter")  # beta is the open chat: still to the box
+        await pilot.pause()
+        assert prompt.has_focus
+        await pilot.press("ctrl+f", *"zzz", "escape")  # Esc: search cleared, back to typing (one key)
+        await pilot.pause()
+        assert prompt.has_focus and screen.query_one("#search", Input).value == ""
+        assert len(screen.query(ConversationItem)) == 2
+
+
+async def test_narrow_terminals_hide_the_sidebar_and_keep_the_keys_and_context(make_app, store):
+    from textual.widgets import Footer
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "hi")
+        for screen_key in (None, "f3", "f4", "f5"):  # each screen's footer shows F1, F3-F5 whole
+            if screen_key:
+                if app.screen is not screen:
+                    app.pop_screen()
+                await pilot.press(screen_key)
+                await pilot.pause()
+            shown = {key.description for key in app.screen.query(Footer).first().query("FooterKey")
+                     if key.region.right <= 80 and key.region.width}
+            assert {"Experts", "Models", "Settings", "Help"} <= shown, (app.screen, shown)
+        app.pop_screen()
+        assert screen.query_one("#sidebar").display  # 80 columns: room for it
+        status = str(app.status_text(78))
+        assert "ctx 4/4096" in status and len(status) <= 78
+    app = make_app()
+    async with app.run_test(size=(50, 24)) as pilot:
+        screen = await ready(pilot)
+        assert not screen.query_one("#sidebar").display  # 50 columns: hidden...
+        await pilot.press("ctrl+l")
+        assert screen.query_one("#sidebar").display  # ...and Ctrl+L shows it
+
+
+async def test_the_draft_is_prefilled_while_typing_and_enter_stops_it(make_app, store):
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await send(pilot, "first")  # a conversation to continue
+        [session] = engine.sessions
+        await pilot.press(*"second")
+        await wait_for(pilot, lambda: engine.drafts)  # after a pause in typing, in a worker
+        assert engine.drafts == [("second", 3, ["first", "You said: **first**"])]
+        engine.draft_chunks, engine.draft_delay = 500, 0.01  # a long prefill...
+        await pilot.press("!")
+        await wait_for(pilot, lambda: any(w.group == "draft" and w.is_running for w in screen.workers))
+        await pilot.press("enter")  # ...stops at Enter, and the reply goes on the same session
+        await wait_for(pilot, lambda: not screen.generating and len(views(screen)) == 4)
+        text, done, _ = engine.drafts[-1]
+        assert text == "second!" and done < 500
+        assert engine.sessions == [session] and views(screen)[-1][1] == "You said: **second!**"

@@ -61,6 +61,15 @@ async def test_import_a_model_then_chat_with_it(stchat_home, tiny_gguf):
         grown = app.context[0] - length
         # prefilled only what was new: were the whole history re-read, it would count `length` more
         assert 0 < second.stats["prompt_tokens"] + second.stats["generated_tokens"] <= grown + 2
+
+        # typed with a pause: the draft is prefilled in the background, Enter computes one token
+        before = chat.session.cache.length
+        chat.query_one("#prompt").insert("Once more, please")
+        await wait_for(pilot, lambda: chat.session.cache.length > before + 5, timeout=30)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(chat.query(MessageView)) == 6 and not chat.generating, timeout=60)
+        third = store.messages(conversation.id)[-1]
+        assert third.state == "complete" and third.stats["prompt_tokens"] == 1
     store.close()
 
 

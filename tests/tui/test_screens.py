@@ -58,6 +58,8 @@ async def test_models_screen_lists_sets_default_and_deletes(make_app, store, stc
         await pilot.press("u")  # use it now
         await wait_for(pilot, lambda: app.model_name == "small")
         assert engine.loaded[0].closed  # the previous model was released
+        await pilot.pause()
+        assert [r[0] for r in rows(screen)] == ["  ", "★●"]  # the loaded-model mark follows
         await pilot.press("up", "delete")
         await pilot.pause()
         await pilot.press("escape")  # not confirmed
@@ -120,6 +122,12 @@ async def test_first_start_without_a_model_leads_to_pull(make_app, store):
         assert app.screen.query_one("#pull-spec", Input).has_focus
         await pilot.press(*"4b", "enter")
         await wait_for(pilot, lambda: app.model_name == "4b")  # pulled, then loaded
+        await pilot.pause()
+        assert [r[0] for r in rows(app.screen)] == ["★●"]
+        await pilot.press("escape")
+        await pilot.pause()
+        welcome = app.screen.query_one("#welcome").source  # no longer "no model is installed"
+        assert "**4b** is ready" in welcome and "No model is installed" not in welcome and "F1" in welcome
 
 
 async def test_a_load_error_is_a_readable_notification(make_app, store):
@@ -135,21 +143,25 @@ async def test_a_load_error_is_a_readable_notification(make_app, store):
         assert note.message == "memory budget of 1 MiB is too small: this model needs at least 60 MiB"
 
 
+async def open_settings(pilot) -> SettingsScreen:
+    await ready(pilot)
+    await pilot.press("f5")
+    assert isinstance(pilot.app.screen, SettingsScreen)
+    return pilot.app.screen
+
+
 async def test_settings_round_trip_and_validation(make_app, store, stchat_home):
     engine = FakeEngine()
     app = make_app(engine)
     async with app.run_test(size=(120, 45)) as pilot:
-        await ready(pilot)
-        await pilot.press("f5")
-        screen = app.screen
-        assert isinstance(screen, SettingsScreen)
+        screen = await open_settings(pilot)
         screen.query_one("#top_p", Input).value = "2"
         screen.query_one("#memory_budget", Input).value = "lots"
         await pilot.press("ctrl+s")
         await pilot.pause()
         assert isinstance(app.screen, SettingsScreen)  # not saved
         errors = str(screen.query_one("#errors").render())
-        assert "top_p: must be a number in (0, 1]" in errors and "memory_budget: must be 'auto'" in errors
+        assert "Top p: must be a number in (0, 1]" in errors and "Memory budget: must be 'auto'" in errors
         assert screen.query_one("#top_p", Input).has_class("-invalid")
         assert not settings_file.settings_path().exists()
 
@@ -179,6 +191,26 @@ async def test_settings_round_trip_and_validation(make_app, store, stchat_home):
         assert app.screen.query_one("#top_p", Input).value == "0.8"
         await pilot.press("escape")
         assert not isinstance(app.screen, SettingsScreen)
+
+
+async def test_settings_refuse_a_budget_below_the_model_minimum_and_take_typing_at_once(make_app, store,
+                                                                                        stchat_home):
+    app = make_app()
+    async with app.run_test(size=(120, 45)) as pilot:
+        screen = await open_settings(pilot)
+        assert app.focused is screen.query_one("#memory_budget", Input)  # typing is not lost
+        screen.query_one("#memory_budget", Input).value = ""
+        await pilot.press(*"1KB", "ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, SettingsScreen) and not settings_file.settings_path().exists()
+        errors = str(screen.query_one("#errors").render())
+        assert errors == "Memory budget: tiny needs at least 60 MiB (its smallest budget); got 1000 B"
+        assert screen.query_one("#memory_budget", Input).has_class("-invalid")
+        screen.query_one("#memory_budget", Input).value = ""
+        await pilot.press(*"60MiB", "ctrl+s")  # exactly the minimum: saved
+        await pilot.pause()
+        assert not isinstance(app.screen, SettingsScreen)
+        assert settings_file.load().memory_budget == "60MiB"
 
 
 async def test_broken_settings_file_falls_back_to_defaults_with_a_message(stchat_home, store):
