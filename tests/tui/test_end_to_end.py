@@ -1,10 +1,11 @@
 """End to end through the real runtime: first start with no model, import a tiny synthetic GGUF
-from the models screen (stchat pull's own code), then chat with it; and memory budget errors."""
+from the models screen (stchat pull's own code), then chat with it (checking what the model computed each turn); and memory budget errors."""
 from __future__ import annotations
 
 import pytest
 from textual.widgets import Input
 
+from compute_spy import ComputeSpy
 from stchat.settings import Settings
 from stchat.storage import Store
 from stchat.tui.widgets import MessageView
@@ -19,7 +20,7 @@ def tiny_gguf(tmp_path_factory):
     return synthetic.write_gguf(synthetic.TINY_4B_LIKE, tmp_path_factory.mktemp("e2e") / "tiny-4b.gguf", seed=0)
 
 
-async def test_import_a_model_then_chat_with_it(stchat_home, tiny_gguf):
+async def test_import_a_model_then_chat_with_it(stchat_home, tiny_gguf, monkeypatch):
     from stchat.tui.app import StchatApp
 
     store = Store.open()
@@ -53,14 +54,34 @@ async def test_import_a_model_then_chat_with_it(stchat_home, tiny_gguf):
         status = str(app.status_text())
         assert status.startswith("tiny-4b │ prompt ") and "experts" in status and f"ctx {length}/{capacity}" in status
 
-        # a follow-up turn reuses the KV cache: only the new message is prefilled
-        chat.query_one("#prompt").insert("And again")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: len(chat.query(MessageView)) == 4 and not chat.generating, timeout=60)
-        second = store.messages(conversation.id)[-1]
-        grown = app.context[0] - length
-        # prefilled only what was new: were the whole history re-read, it would count `length` more
-        assert 0 < second.stats["prompt_tokens"] + second.stats["generated_tokens"] <= grown + 2
+        # later turns reuse the KV cache: what the model computed starts where the cache ended
+        session, spy = chat.session, ComputeSpy(monkeypatch)
+
+        async def computed_by(action) -> list[tuple[int, list[int]]]:
+            mark = spy.mark()
+            await action()  # the reply has started once something was computed, and is over when not generating
+            await wait_for(pilot, lambda: spy.since(mark) and not chat.generating, timeout=60)
+            assert spy.positions(mark) == list(range(spy.since(mark)[0][0], session.cache.length))
+            return spy.since(mark)
+
+        async def send(text):
+            chat.query_one("#prompt").insert(text)
+            await pilot.press("enter")
+
+        for turn, text in ((2, "And again"), (3, "One more time")):
+            held = session.cache.length
+            passes = await computed_by(lambda: send(text))
+            reply = store.messages(conversation.id)[-1]
+            assert reply.state == "complete" and passes[0][0] == held  # nothing before `held` again
+            assert reply.stats["prompt_tokens"] == len(passes[0][1])
+            assert session.cache.tokens[held:held + len(passes[0][1])] == passes[0][1]
+            prompt_end = held + len(passes[0][1])
+            if turn == 2:  # regenerate the second reply: only the prompt's last token runs again
+                passes = await computed_by(lambda: pilot.press("ctrl+r"))
+                assert passes[0] == (prompt_end - 1, session.cache.tokens[prompt_end - 1:prompt_end])
+                assert store.messages(conversation.id)[-1].stats["prompt_tokens"] == 1
+        assert len(chat.query(MessageView)) == 6
+        assert [m.role for m in store.messages(conversation.id)] == ["user", "assistant"] * 3
     store.close()
 
 
