@@ -11,6 +11,7 @@ import pytest
 import runtime
 from runtime import synthetic
 from runtime.memory import allocator_headroom
+from skips import linux_only
 
 # Experts large enough to dominate memory (128 experts x ~1 MiB resident), the rest small.
 SMALL = replace(synthetic.TINY_4B_LIKE, hidden_size=512, expert_ffn_size=512, num_layers=8,
@@ -101,7 +102,7 @@ def _mapped_rss_kib(file_name: str) -> int:
     return total
 
 
-@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+@linux_only
 def test_the_mapped_dense_weights_leave_rss_once_loaded_and_stay_out(small_bundle):
     """Embedding rows are read, not touched through the mapping: random ids used to fault in
     whole folios of dense.bin, 130 MiB for 128 tokens of the full-size 4B."""
