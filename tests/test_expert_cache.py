@@ -118,8 +118,10 @@ def test_loader_drops_duplicates_and_shuts_down_with_loads_in_flight():
     assert loader.pending("b") and not loader.pending("d")
     closer = threading.Thread(target=loader.close)
     closer.start()
-    time.sleep(0.05)
-    release.set()
+    deadline = time.monotonic() + 60                 # close() drops the queued loads first...
+    while (loader.pending("b") or loader.pending("c")) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    release.set()                                    # ...then waits for the one in flight
     closer.join(5)
     assert not closer.is_alive()
     assert loaded == ["a"]                           # the load in flight finished; queued ones dropped

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import pytest
 
+from freeze import frozen_until
 from model_fixtures import gguf_file
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -98,7 +99,7 @@ def test_a_reply_killed_mid_stream_is_there_when_the_app_reopens(stchat_home, tm
     from runtime import synthetic
 
     # A 4096-token context, no token limit and a prompt the greedy reply never ends by itself:
-    # it runs to the end of the context, ~4000 tokens (about 10 s), while we look every 0.05 s.
+    # it runs to the end of the context, ~4000 tokens (about 10 s), while we look every few ms.
     long_spec = replace(synthetic.TINY_4B_LIKE, context_length=4096)
     pull(synthetic.write_gguf(long_spec, tmp_path / "tiny-long.gguf", seed=0))
     settings = {"temperature": 0, "max_tokens": 1_000_000, "threads": 1}
@@ -116,20 +117,18 @@ def test_a_reply_killed_mid_stream_is_there_when_the_app_reopens(stchat_home, tm
     pid = terminal.pid()
     # Look only while the app is frozen (SIGSTOP), so what is seen is still true at the kill:
     # the reply is streaming, part of it is on disk and that part is on screen.
-    while True:
-        os.kill(pid, signal.SIGSTOP)
-        rows, screen = messages(stchat_home), terminal.screen()
-        if len(rows) == 2 and rows[1][2] == "streaming" and shown(rows[1][1], screen):
-            break
+    def mid_reply():
+        rows = messages(stchat_home)
         assert len(rows) < 2 or rows[1][2] == "streaming", f"the reply ended before any of it was saved: {rows}"
-        os.kill(pid, signal.SIGCONT)
-        time.sleep(0.05)
+        return len(rows) == 2 and rows[1][1] and shown(rows[1][1], terminal.screen()) and rows
+
+    rows = frozen_until(pid, mid_reply)
     saved = rows[1][1]
     os.kill(pid, signal.SIGKILL)
     terminal.start("reopened")
     screen = terminal.until(lambda s: "(stopped)" in s and shown(saved, s))
     assert LONG_PROMPT in screen
-    # what is stored: what we saw, or more when the kill came after a commit our look missed
+    # what is stored: what we saw, or more (a commit in the WAL our look did not see yet)
     [user, reply] = messages(stchat_home)
     assert user == ("user", LONG_PROMPT, "complete") and reply[2] == "stopped" and reply[1].startswith(saved)
     saved = reply[1]
