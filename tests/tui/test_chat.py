@@ -12,7 +12,8 @@ from stchat.tui.widgets import MessageView, PromptInput, code_blocks
 from .fakes import FakeEngine
 
 
-async def wait_for(pilot, condition, timeout: float = 5.0) -> None:
+async def wait_for(pilot, condition, timeout: float = 120.0) -> None:
+    """Pause until `condition()`; the timeout only bounds a hang (5 s was short on a loaded machine)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
         if asyncio.get_running_loop().time() > deadline:

@@ -32,7 +32,7 @@ async def test_import_a_model_then_chat_with_it(stchat_home, tiny_gguf, monkeypa
         await pilot.press("f4")
         app.screen.query_one("#pull-spec", Input).value = str(tiny_gguf)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: app.model is not None, timeout=60)
+        await wait_for(pilot, lambda: app.model is not None)
         assert app.model_name == "tiny-4b" and (stchat_home / "models" / "tiny-4b" / "manifest.json").is_file()
         assert "success: tiny-4b is installed" in app.screen.status_line
         await pilot.press("escape")
@@ -40,7 +40,7 @@ async def test_import_a_model_then_chat_with_it(stchat_home, tiny_gguf, monkeypa
         chat = app.screen
         chat.query_one("#prompt").insert("Hello there")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: len(chat.query(MessageView)) == 2 and not chat.generating, timeout=60)
+        await wait_for(pilot, lambda: len(chat.query(MessageView)) == 2 and not chat.generating)
         [conversation] = store.conversations()
         user, reply = store.messages(conversation.id)
         assert (user.role, user.content) == ("user", "Hello there")
@@ -60,7 +60,7 @@ async def test_import_a_model_then_chat_with_it(stchat_home, tiny_gguf, monkeypa
         async def computed_by(action) -> list[tuple[int, list[int]]]:
             mark = spy.mark()
             await action()  # the reply has started once something was computed, and is over when not generating
-            await wait_for(pilot, lambda: spy.since(mark) and not chat.generating, timeout=60)
+            await wait_for(pilot, lambda: spy.since(mark) and not chat.generating)
             assert spy.positions(mark) == list(range(spy.since(mark)[0][0], session.cache.length))
             return spy.since(mark)
 
@@ -93,7 +93,7 @@ async def test_a_budget_below_the_minimum_is_a_readable_error(stchat_home, tiny_
     runtime.convert(tiny_gguf, stchat_home / "models" / "tiny")
     app = StchatApp(store=Store.open(), settings=Settings(memory_budget="1KiB"), native_clipboard=False)
     async with app.run_test() as pilot:
-        await wait_for(pilot, lambda: app.loading is None, timeout=60)
+        await wait_for(pilot, lambda: app.loading is None)
         assert app.model is None
         [note] = [n for n in app._notifications if n.severity == "error"]
         assert note.title == "Cannot load tiny" and "memory budget of 1.0 KiB is too small" in note.message and "needs at least" in note.message

@@ -2,6 +2,7 @@
 the screen back, as a user would. CI installs tmux (`.ci/run`); elsewhere these skip without it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import sys
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -25,31 +27,40 @@ PROMPT_HINT = "Message (Enter sends"
 LONG_PROMPT = "tell me a long story"  # greedy on the tiny model: no end-of-turn token for 4000 tokens
 
 
+WAIT = 300.0  # seconds: only bounds a hang (a loaded 2-core machine is slow, never this slow)
+
+
 class Terminal:
     """A private tmux server; each `start` opens a window running `stchat` in STCHAT_HOME."""
 
     def __init__(self, home):
         self.home, self.socket, self.window = home, f"stchat-test-{uuid.uuid4().hex[:8]}", None
+        self.apps: list[int] = []
 
     def tmux(self, *args) -> subprocess.CompletedProcess:
         return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True)
 
     def start(self, window: str) -> None:
-        # exec: the pane's process is stchat itself, so signals reach it directly
-        command = f"exec env -u COLUMNS -u LINES STCHAT_HOME={shlex.quote(str(self.home))} TERM=xterm-256color " \
-                  f"{shlex.quote(sys.executable)} -m stchat"
+        # stchat runs as the child of a shell, not as the pane's own process: tmux resumes a pane
+        # process that stops, and the test freezes stchat with SIGSTOP while it looks
+        command = f"env -u COLUMNS -u LINES STCHAT_HOME={shlex.quote(str(self.home))} TERM=xterm-256color " \
+                  f"{shlex.quote(sys.executable)} -m stchat; exit"
         self.window = window
         assert self.tmux("new-session", "-d", "-s", window, "-x", "150", "-y", "32", command).returncode == 0
+        shell = int(self.tmux("display-message", "-p", "-t", window, "#{pane_pid}").stdout)
+        self.apps.append(wait_until(lambda: children(shell), "stchat to start")[0])
 
-    def pid(self) -> int:
-        return int(self.tmux("display-message", "-p", "-t", self.window, "#{pane_pid}").stdout)
+    @property
+    def app(self) -> int:
+        """The pid of the stchat process in the current window."""
+        return self.apps[-1]
 
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", self.window).stdout
 
-    def until(self, predicate, timeout: float = 60.0) -> str:
-        """Poll the screen until `predicate(screen)`; the timeout only bounds a hang."""
-        deadline, text = time.monotonic() + timeout, ""
+    def until(self, predicate) -> str:
+        """Poll the screen until `predicate(screen)`."""
+        deadline, text = time.monotonic() + WAIT, ""
         while time.monotonic() < deadline:
             text = self.screen()
             if predicate(text):
@@ -61,18 +72,38 @@ class Terminal:
         self.until(lambda s: PROMPT_HINT in s)
         self.tmux("send-keys", "-t", self.window, "-l", text)
         self.until(lambda s: text in s and PROMPT_HINT not in s)
-        while True:  # Enter is refused (text kept) until the model has loaded
+
+        def sent():  # Enter is refused (text kept) until the model has loaded
             self.tmux("send-keys", "-t", self.window, "Enter")
-            if len(messages(self.home)) >= 1:  # the message is saved before its reply starts
-                return
             time.sleep(0.2)
+            return len(messages(self.home)) >= 1  # the message is saved before its reply starts
+
+        wait_until(sent, "the message to be sent")
+
+    def close(self) -> None:
+        for pid in self.apps:  # SIGKILL also ends a stopped process, which a hang-up would not
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.tmux("kill-server")
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def wait_until(condition, what: str):
+    deadline = time.monotonic() + WAIT
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+    return value
 
 
 @pytest.fixture
 def terminal(stchat_home):
     terminal = Terminal(stchat_home)
     yield terminal
-    terminal.tmux("kill-server")
+    terminal.close()
 
 
 def pull(path) -> None:
@@ -99,7 +130,7 @@ def test_a_reply_killed_mid_stream_is_there_when_the_app_reopens(stchat_home, tm
     from runtime import synthetic
 
     # A 4096-token context, no token limit and a prompt the greedy reply never ends by itself:
-    # it runs to the end of the context, ~4000 tokens (about 10 s), while we look every few ms.
+    # it runs to the end of the context, ~4000 tokens (about 10 s), while we look every 0.05 s.
     long_spec = replace(synthetic.TINY_4B_LIKE, context_length=4096)
     pull(synthetic.write_gguf(long_spec, tmp_path / "tiny-long.gguf", seed=0))
     settings = {"temperature": 0, "max_tokens": 1_000_000, "threads": 1}
@@ -114,7 +145,7 @@ def test_a_reply_killed_mid_stream_is_there_when_the_app_reopens(stchat_home, tm
         return any(word in screen and word not in chrome for word in re.findall(r"[A-Za-z]{5,}", saved))
 
     terminal.send_message(LONG_PROMPT)
-    pid = terminal.pid()
+    pid = terminal.app
     # Look only while the app is frozen (SIGSTOP), so what is seen is still true at the kill:
     # the reply is streaming, part of it is on disk and that part is on screen.
     def mid_reply():
@@ -139,12 +170,8 @@ def test_a_reply_killed_mid_stream_is_there_when_the_app_reopens(stchat_home, tm
     assert reference.returncode == 0 and reference.stdout.decode().startswith(saved)
 
 
-def wait_for_rows(home, predicate, timeout: float = 60.0) -> list[tuple]:
-    deadline = time.monotonic() + timeout
-    while not predicate(rows := messages(home)):
-        assert time.monotonic() < deadline, f"the stored messages never got there: {rows}"
-        time.sleep(0.2)
-    return rows
+def wait_for_rows(home, predicate) -> list[tuple]:
+    return wait_until(lambda: (rows := messages(home)) and predicate(rows) and rows, "the stored messages")
 
 
 def messages(home) -> list[tuple]:
