@@ -71,20 +71,24 @@ short = model.experts.cache.budget
 model.prefill(rng.integers(0, 500, 3000).tolist(), cache)
 from stchat.bench_child import peak_rss
 print(json.dumps({"peak": peak_rss(), "empty": empty, "short": short, "long": model.experts.cache.budget,
-                  "minimum": model.minimum_budget, "charge": model.experts.charge}))
+                  "minimum": model.minimum_budget, "charge": model.experts.charge, "dtype": cache.layout.dtype}))
 """
-KV_BYTES_PER_POSITION = 2 * SMALL.num_layers * SMALL.num_kv_heads * SMALL.head_dim * 4  # keys and values, fp32
+
+
+def kv_bytes_per_position(dtype: str) -> int:
+    """Keys and values of one position in every layer (all global here), from the model's shape."""
+    return 2 * SMALL.num_layers * SMALL.num_kv_heads * SMALL.head_dim * np.dtype(dtype).itemsize
 
 
 def test_the_kv_cache_is_paid_for_as_it_fills_and_the_peak_stays_within_the_budget(small_bundle):
     probe = _run(small_bundle, 2**40, KV_CHILD)
-    assert 4096 * KV_BYTES_PER_POSITION > 16 * probe["charge"], "the KV cache must matter next to the experts"
+    assert 4096 * kv_bytes_per_position(probe["dtype"]) > 16 * probe["charge"], "the KV cache must matter"
     budget = probe["minimum"] + 24 * 2**20
     run = _run(small_bundle, budget, KV_CHILD)
     # the experts give up exactly the KV pages written so far, charged 256 positions at a time:
     # 64 positions cost 256, 3064 cost 3072; a short conversation lends them the rest
-    assert run["empty"] - run["short"] == 256 * KV_BYTES_PER_POSITION
-    assert run["empty"] - run["long"] == 3072 * KV_BYTES_PER_POSITION
+    assert run["empty"] - run["short"] == 256 * kv_bytes_per_position(run["dtype"])
+    assert run["empty"] - run["long"] == 3072 * kv_bytes_per_position(run["dtype"])
     # and the process stays within the budget
     assert run["peak"] <= budget, f"peak RSS {run['peak'] / 2**20:.0f} MiB > budget {budget / 2**20:.0f} MiB ({run})"
 
