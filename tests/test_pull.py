@@ -42,9 +42,16 @@ def run(env: dict, *args: str, timeout: float = 120, **extra) -> subprocess.Comp
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 
+# `python -m stchat` with Python's Ctrl-C handler set: Python leaves SIGINT ignored when its
+# parent ignored it, as a shell's `cmd &` without job control does (the suite run that way saw
+# the pull finish through the SIGINT and exit 0)
+INTERRUPTIBLE = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "runpy.run_module('stchat', run_name='__main__', alter_sys=True)")
+
+
 def start(env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "stchat", *args], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE, *args], env=env, cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def errors(done: subprocess.CompletedProcess) -> list[str]:
