@@ -90,6 +90,7 @@ async def test_blank_message_is_not_sent(make_app, store):
 
 async def test_escape_stops_generation_and_marks_the_reply_stopped(make_app, store):
     engine = FakeEngine(reply=lambda text: " ".join(f"w{i}" for i in range(400)), delay=0.01)
+    engine.hold_after = 20  # mid-reply when Esc comes, however slow the machine
     app = make_app(engine)
     async with app.run_test() as pilot:
         screen = await ready(pilot)
@@ -108,6 +109,7 @@ async def test_escape_stops_generation_and_marks_the_reply_stopped(make_app, sto
 
 async def test_sending_while_generating_is_refused(make_app, store):
     engine = FakeEngine(reply=lambda text: " ".join("x" * 2000), delay=0.01)
+    engine.hold_after = 5
     app = make_app(engine)
     async with app.run_test() as pilot:
         screen = await ready(pilot)
