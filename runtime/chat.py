@@ -31,6 +31,7 @@ class ChatSession:
         self.cache = model.new_cache(context)
         self.messages: list[dict] = list(messages or [])  # user/assistant turns, system excluded
         self._known_text, self._known_ids = "", []         # text whose exact ids are in _known_ids
+        self._asked_text, self._asked_ids = "", []         # the last prompt alone: what a regenerate asks again
         self._cancelled = False
 
     # -- prompt building --------------------------------------------------------------------
@@ -47,8 +48,9 @@ class ChatSession:
     def prompt_ids(self) -> list[int]:
         """Token ids of the conversation, reusing the exact ids of what the model already saw."""
         text = self._render()
-        if self._known_text and text.startswith(self._known_text):
-            return self._known_ids + self._encode(text[len(self._known_text):])
+        for known_text, known_ids in ((self._known_text, self._known_ids), (self._asked_text, self._asked_ids)):
+            if known_text and text.startswith(known_text):
+                return known_ids + self._encode(text[len(known_text):])
         return self._encode(text)
 
     def _fit(self) -> tuple[list[int], str | None]:
@@ -143,6 +145,8 @@ class ChatSession:
                      and not (self.stop_strings and finished.reason == "stop"))
             self._known_ids = full if exact else []
             self._known_text = prompt_text + content if exact else ""
+            asked = self.cache.tokens[:len(ids)] == ids
+            self._asked_ids, self._asked_text = (ids, prompt_text) if asked else ([], "")
 
     @property
     def context_used(self) -> int:

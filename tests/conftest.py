@@ -1,7 +1,22 @@
-"""Fixtures shared by every test module, each a named function (add yours below, also named)."""
+"""Fixtures shared by every test module, each a named function (add yours below, also named),
+and the CI rule on skips (`skips.py`) applied to every report."""
 from __future__ import annotations
 
 import pytest
+
+from skips import fail_skip_in_ci
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    fail_skip_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    fail_skip_in_ci(outcome.get_result())
 
 
 @pytest.fixture

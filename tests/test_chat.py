@@ -3,12 +3,14 @@ import numpy as np
 import pytest
 
 import runtime
+from compute_spy import ComputeSpy
 from model_fixtures import model, prompt_ids
 from runtime.chat import ChatSession
 from runtime.errors import ContextOverflow
 from runtime.events import Finished, Notice, TextDelta
 from runtime.generate import generate
 from runtime.sampling import SamplingParams, make_sampler
+from runtime.template import render_chat
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -74,35 +76,71 @@ def test_cancel_stops_at_once(m):
     assert seen[-1].reason == "cancelled" and seen[-1].generated_tokens <= 3
 
 
-def test_second_turn_prefills_only_new_tokens(m):
+def _encode(m, text: str) -> list[int]:
+    return m.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def test_each_turn_computes_only_its_new_tokens(m, monkeypatch):
+    spy = ComputeSpy(monkeypatch)
     chat = ChatSession(m, system_prompt="You are terse.", sampling=GREEDY, max_tokens=8)
+    mark = spy.mark()
     _, first, _ = _run(chat.send("Hello there, how are you?"))
-    held = chat.cache.length
+    assert spy.positions(mark) == list(range(chat.cache.length))  # a fresh cache: all of it, once
+    assert spy.tokens(mark) == chat.cache.tokens
     assert first.prompt_tokens == len(chat.cache.tokens) - first.generated_tokens
-    text2, second, _ = _run(chat.send("Tell me about the fox."))
-    suffix = m.tokenizer.encode("<|im_end|>\n<|im_start|>user\nTell me about the fox.<|im_end|>\n"
-                                "<|im_start|>assistant\n", add_special_tokens=False).ids
-    assert second.prompt_tokens == len(suffix)
-    assert chat.cache.tokens[:held] == chat.cache.tokens[:held]  # prefix kept in place
-    # same answer as a fresh prefill of the whole conversation
-    ids = chat.cache.tokens[: held + len(suffix)]
-    fresh, _, _ = _generate(m, ids, max_tokens=8)
-    assert fresh == text2
-    assert [msg["role"] for msg in chat.messages] == ["user", "assistant", "user", "assistant"]
+    global_layers = [layer for layer, window in enumerate(chat.cache.layout.windows) if not window]
+    assert global_layers  # whose buffer row i holds position i
+    for message in ("Tell me about the fox.", "And what about the dog?"):  # the second and third turns
+        held, kept_tokens = chat.cache.length, list(chat.cache.tokens)
+        kept_keys = [chat.cache.keys[layer][:, :, :held].copy() for layer in global_layers]  # [1, nKV, held, D]
+        suffix = _encode(m, f"<|im_end|>\n<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n")
+        mark = spy.mark()
+        text, done, _ = _run(chat.send(message))
+        # what went through the model: one prefill of the new message at the end of the cache,
+        # then one step per generated token; no position before `held` was computed again
+        assert spy.since(mark)[0] == (held, suffix)
+        assert spy.positions(mark) == list(range(held, held + len(suffix) + done.generated_tokens))
+        assert chat.cache.length == held + len(suffix) + done.generated_tokens
+        assert done.prompt_tokens == len(suffix)  # the count reported is the work done
+        # the prefix kept in place: the same ids and the very same keys at positions [0, held)
+        assert chat.cache.tokens[:held] == kept_tokens
+        for layer, kept in zip(global_layers, kept_keys):
+            np.testing.assert_array_equal(chat.cache.keys[layer][:, :, :held], kept)
+        # same answer as a fresh prefill of the whole conversation
+        fresh, _, _ = _generate(m, chat.cache.tokens[: held + len(suffix)], max_tokens=8)
+        assert fresh == text
+    assert [msg["role"] for msg in chat.messages] == ["user", "assistant"] * 3
 
 
 @pytest.mark.parametrize("layout", ["4b", "21b"])
-def test_regenerate_replaces_last_reply(layout):
+def test_regenerate_replaces_last_reply_computing_only_what_it_must(layout, monkeypatch):
     m = model(layout, accuracy_level=0)
+    spy = ComputeSpy(monkeypatch)
     chat = ChatSession(m, sampling=SamplingParams(temperature=0.8, seed=1), max_tokens=6)
-    _run(chat.send("Say something."))
-    _, done, _ = _run(chat.regenerate())
-    assert [msg["role"] for msg in chat.messages] == ["user", "assistant"]
-    prompt = len(chat.cache.tokens) - done.generated_tokens
-    if layout == "4b":
-        assert done.prompt_tokens <= 1  # the prompt is still in the cache
-    else:  # the 8-token window moved on during the reply: its old positions are gone
-        assert done.prompt_tokens == prompt > 8
+    for turn, message in enumerate(["Say something.", "Something else."]):  # regenerate each reply
+        held, mark = chat.cache.length, spy.mark()
+        _run(chat.send(message))
+        start, new_ids = spy.since(mark)[0]  # the turn's prompt: its new tokens, after the cache
+        assert start == held
+        if turn == 0:
+            asked = render_chat(m.chat_template, [{"role": "user", "content": message}], add_generation_prompt=True)
+            assert new_ids == _encode(m, asked)
+        prompt = chat.cache.tokens[:held + len(new_ids)]
+        mark = spy.mark()
+        _, done, _ = _run(chat.regenerate())
+        assert [msg["role"] for msg in chat.messages] == ["user", "assistant"] * (turn + 1)
+        if layout == "4b":  # the prompt stays in the cache: only its last token runs again (its
+            first = len(prompt) - 1  # logits start the new reply)
+        else:  # the 8-token window moved on during the reply: its old positions are gone
+            first = 0
+        assert spy.since(mark)[0] == (first, prompt[first:])  # then one step per new token
+        assert spy.positions(mark) == list(range(first, len(prompt) + done.generated_tokens))
+        assert chat.cache.tokens[:len(prompt)] == prompt and done.prompt_tokens == len(prompt) - first
+    # and a turn after a regenerate starts where the regenerated reply ended
+    held, mark = chat.cache.length, spy.mark()
+    _, after, _ = _run(chat.send("Again."))
+    assert spy.since(mark)[0][0] == held and spy.positions(mark) == list(range(held, chat.cache.length))
+    assert after.prompt_tokens == len(spy.since(mark)[0][1])
 
 
 def test_max_tokens_is_a_most_generation_stops_when_the_context_is_full(m):

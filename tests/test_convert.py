@@ -243,11 +243,11 @@ def test_interrupted_conversion_leaves_no_bundle(tmp_path):
 def test_killed_conversion_leaves_no_bundle_and_next_one_completes(tmp_path):
     """SIGKILL in the middle of writing: no bundle appears; converting again cleans up and succeeds."""
     dest = tmp_path / "out"
-    script = ("import sys, time, runtime\n"
-              "def slow(stage, done, total):\n"
-              "    print(stage, done, flush=True); time.sleep(0.5)\n"
-              "runtime.convert(sys.argv[1], sys.argv[2], progress=slow)\n")
-    proc = subprocess.Popen([sys.executable, "-c", script, str(gguf_file("21b")), str(dest)],
+    script = ("import sys, runtime\n"
+              "def stuck(stage, done, total):\n"
+              "    print(stage, done, flush=True); sys.stdin.readline()  # never answered: waits for the kill\n"
+              "runtime.convert(sys.argv[1], sys.argv[2], progress=stuck)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(gguf_file("21b")), str(dest)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
     assert proc.stdout.readline().startswith("layers")
     proc.send_signal(signal.SIGKILL)

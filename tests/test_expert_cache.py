@@ -106,21 +106,23 @@ def test_loader_drops_duplicates_and_shuts_down_with_loads_in_flight():
 
     def slow_load(key):
         started.set()
-        release.wait(5)
+        release.wait(60)
         loaded.append(key)
 
     loader = ExpertLoader(lambda key, _: slow_load(key), max_pending=2)
     assert loader.request("a")
-    started.wait(5)                                  # "a" is in flight
+    started.wait(60)                                 # "a" is in flight
     assert not loader.request("a")                   # duplicate of a pending load: dropped
     assert loader.request("b") and loader.request("c")
     assert not loader.request("d")                   # queue full (2): refused, not blocked
     assert loader.pending("b") and not loader.pending("d")
     closer = threading.Thread(target=loader.close)
     closer.start()
-    time.sleep(0.05)
-    release.set()
-    closer.join(5)
+    deadline = time.monotonic() + 60                 # close() drops the queued loads first...
+    while (loader.pending("b") or loader.pending("c")) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    release.set()                                    # ...then waits for the one in flight
+    closer.join(60)
     assert not closer.is_alive()
     assert loaded == ["a"]                           # the load in flight finished; queued ones dropped
     assert not loader.pending("b") and loader.wait("b") is False
@@ -131,7 +133,7 @@ def test_loader_wait_returns_after_the_load():
     done = []
     loader = ExpertLoader(lambda key, _: done.append(key))
     loader.request(("layer", 1))
-    loader.wait(("layer", 1), timeout=5)
+    loader.wait(("layer", 1), timeout=60)
     assert done == [("layer", 1)]
     loader.close()
 
@@ -142,7 +144,7 @@ def test_prefetch_makes_experts_resident_before_use():
     experts, _ = m.route(0, x)
     m.experts.prefetch(0, experts)
     for expert in experts[0]:
-        m.experts.loader.wait((0, int(expert)), timeout=5)
+        m.experts.loader.wait((0, int(expert)), timeout=60)
         assert m.experts.cache.peek((0, int(expert)))
     assert m.experts.cache.stats.misses == len(set(experts[0].tolist()))  # counted when the router asked
     m.experts.prefetch(0, experts)           # asked again: now every one is a hit
@@ -155,28 +157,27 @@ def test_loader_reads_the_next_expert_while_building_one():
 
     from runtime.expert_loader import ExpertLoader
     building, release, events = threading.Event(), threading.Event(), []
+    read_b = threading.Event()
 
     def read(key):
         events.append(("read", key))
+        if key == "b":
+            read_b.set()
         return f"bytes of {key}"
 
     def build(key, data):
         events.append(("build", key, data))
         building.set()
-        release.wait(5)
+        release.wait(60)
 
     loader = ExpertLoader(build, read=read)
     for key in "abc":
         loader.request(key)
-    building.wait(5)                                  # "a" is being built ...
-    for _ in range(500):
-        if ("read", "b") in events:
-            break
-        building.wait(0.01)
-    assert ("read", "b") in events                    # ... and "b" has been read meanwhile
+    building.wait(60)                                 # "a" is being built ...
+    assert read_b.wait(60)                            # ... and "b" is read meanwhile
     assert not any(e[0] == "build" and e[1] == "b" for e in events)
     release.set()
-    assert loader.wait("c", timeout=5)
+    assert loader.wait("c", timeout=60)
     assert [e for e in events if e[0] == "build"] == [("build", k, f"bytes of {k}") for k in "abc"]
     loader.close()
 
@@ -189,7 +190,7 @@ def test_a_failed_read_is_reported_and_not_left_pending():
 
     loader = ExpertLoader(lambda key, data: None, read=read)
     loader.request("x")
-    loader.wait("x", timeout=5)
+    loader.wait("x", timeout=60)
     assert not loader.pending("x") and isinstance(loader.errors[0], OSError)
     loader.close()
 
@@ -202,19 +203,19 @@ def test_a_queued_load_can_be_claimed_by_the_caller_but_not_one_in_flight():
 
     def build(key, _):
         started.set()
-        release.wait(5)
+        release.wait(60)
         built.append(key)
 
     loader = ExpertLoader(build)
     loader.request("a")
-    started.wait(5)                       # "a" is being built
+    started.wait(60)                      # "a" is being built
     loader.request("b")
     assert not loader.claim("a")          # in flight: the caller must wait for it
     assert loader.claim("b") and not loader.pending("b") and not loader.claim("b")
     assert loader.request("b")            # asked for again later: a new load
     release.set()
-    loader.wait("a", timeout=5)
-    loader.wait("b", timeout=5)
+    loader.wait("a", timeout=60)
+    loader.wait("b", timeout=60)
     loader.close()
     assert built == ["a", "b"]            # the claimed entry was skipped, the new request built
 

@@ -13,12 +13,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import hub_server
+from freeze import frozen_until
 from hub_server import GATED, GGUF_4B, GGUF_21B, PLAIN_4B, PLAIN_21B, SLOW, SLOW_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,9 +42,16 @@ def run(env: dict, *args: str, timeout: float = 120, **extra) -> subprocess.Comp
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 
+# `python -m stchat` with Python's Ctrl-C handler set: Python leaves SIGINT ignored when its
+# parent ignored it, as a shell's `cmd &` without job control does (the suite run that way saw
+# the pull finish through the SIGINT and exit 0)
+INTERRUPTIBLE = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                 "runpy.run_module('stchat', run_name='__main__', alter_sys=True)")
+
+
 def start(env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "stchat", *args], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE, *args], env=env, cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def errors(done: subprocess.CompletedProcess) -> list[str]:
@@ -71,22 +78,13 @@ def blobs(env: dict, repo: str) -> list[Path]:
     return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
-def wait_for(condition, seconds: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.002)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def pull_killed_when(env: dict, monkeypatch, spec: str, condition, what: str):
-    """Start `stchat pull spec`, wait for `condition`, check no half model is listed at that
-    moment, then SIGKILL the pull; returns what `condition` returned."""
+def pull_killed_when(env: dict, monkeypatch, spec: str, condition):
+    """Start `stchat pull spec`, wait for `condition` (looking only while the pull is stopped, so
+    it still holds at the kill), check no half model is listed then, SIGKILL the pull; returns
+    what `condition` returned."""
     proc = start(env, "pull", spec)
     try:
-        value = wait_for(condition, what=what)
+        value = frozen_until(proc.pid, condition)                      # the pull is stopped while we look
         assert listed_now(env, monkeypatch) == []                        # mid-pull: no half model
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
@@ -227,7 +225,7 @@ def test_kill_during_download_then_pull_resumes_from_the_partial_file(hub, env, 
     hub.state.throttle = 200_000                                         # ~1.3 s for the whole file
     partial = pull_killed_when(env, monkeypatch, "4b", lambda: next(
         (b for b in blobs(env, GGUF_4B) if b.name.endswith(".incomplete") and b.stat().st_size >= 64 << 10),
-        None), what="a partial download")
+        None))
     kept = partial.stat().st_size
     assert 0 < kept < size and listed(env) == []
     hub.state.throttle = None
@@ -244,7 +242,7 @@ def test_kill_during_conversion_then_pull_completes_without_downloading_again(hu
     name = SLOW_FILE.removesuffix(".gguf")
     staging = Path(env["STCHAT_HOME"]) / "models" / ".pulling"
     pull_killed_when(env, monkeypatch, SLOW, lambda: staging.is_dir() and any(
-        ".partial-" in p.name for p in staging.iterdir()), what="the conversion to start")
+        ".partial-" in p.name for p in staging.iterdir()))
     assert listed(env) == [] and not (Path(env["STCHAT_HOME"]) / "models" / name).exists()
     hub.clear_log()
     done = run(env, "pull", SLOW)
@@ -259,9 +257,10 @@ def test_ctrl_c_exits_130_and_keeps_the_partial_download(hub, env):
     hub.state.throttle = 200_000
     proc = start(env, "pull", "4b")
     try:
-        wait_for(lambda: any(b.name.endswith(".incomplete") and b.stat().st_size > 0 for b in blobs(env, GGUF_4B)),
-                 what="a partial download")
-        proc.send_signal(signal.SIGINT)
+        frozen_until(proc.pid, lambda: any(b.name.endswith(".incomplete") and b.stat().st_size > 0
+                                           for b in blobs(env, GGUF_4B)))
+        proc.send_signal(signal.SIGINT)                                  # handled as it resumes, mid-download
+        proc.send_signal(signal.SIGCONT)
         _, stderr = proc.communicate(timeout=30)
     finally:
         proc.kill()

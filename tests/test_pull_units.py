@@ -6,19 +6,21 @@ space (`shutil.disk_usage`) and the retry waits. Subprocess tests are in `test_p
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from hub_server import GGUF_4B, GGUF_21B, HF_4B, PLAIN_4B, PLAIN_21B
-from stchat import catalog, download, manage, pull
+from stchat import catalog, download, manage, paths, pull
 from stchat.exitcodes import ModelNotFound, StchatError
 from stchat.hub import Hub, HubUnreachable
-from stchat.progress import Reporter
+from stchat.progress import Reporter, human_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,18 +126,43 @@ def test_too_little_disk_is_refused_before_any_download(setup, hub, monkeypatch)
     assert pull.pull_hub(spec("4b"), hf, reporter, keep_source=False, yes=True) == "smallthinker-4b"
 
 
-def test_disk_check_counts_what_is_already_downloaded(setup, hub, monkeypatch):
-    hf, reporter = setup
-    listing = hf.listing(GGUF_21B)
-    file = listing.files[PLAIN_21B]
-    seen = []
-    monkeypatch.setattr(pull.shutil, "disk_usage", lambda path: seen.append(path) or type("U", (), {"free": 1 << 40})())
+@pytest.mark.parametrize("one_disk", [True, False])
+def test_disk_check_subtracts_what_is_already_downloaded(setup, monkeypatch, one_disk):
+    hf, _ = setup
+    file = hf.listing(GGUF_21B).files[PLAIN_21B]
     partial = hf.blob_path(GGUF_21B, file).with_name(file.sha256 + ".incomplete")
     partial.parent.mkdir(parents=True)
-    partial.write_bytes(file.size // 2 * b"\0")
-    assert pull._on_disk(hf, GGUF_21B, file) == file.size // 2
+    partial.write_bytes(file.size // 3 * b"\0")                # a third was downloaded before
+    download, bundle = file.size - file.size // 3, int(file.size * pull.GGUF_BUNDLE_RATIO)
+    cache, models = hf.cache_dir, paths.models_dir()
+    need = {models: download + bundle} if one_disk else {cache: download, models: bundle}
+    free = {where: bytes_ + pull.DISK_MARGIN for where, bytes_ in need.items()}  # just big enough
+    monkeypatch.setattr(pull, "same_device", lambda a, b: one_disk)
+    monkeypatch.setattr(pull.shutil, "disk_usage", lambda path: SimpleNamespace(free=free[Path(path)]))
     pull.check_disk(hf, GGUF_21B, [file], "gguf", keep_source=True)
-    assert seen
+    for where in need:                                         # one byte less anywhere: refused
+        free[where] -= 1
+        with pytest.raises(StchatError, match=f"not enough disk space: .* needed on {re.escape(str(where))} "
+                                              f"\\(download {re.escape(human_bytes(download))}, "):
+            pull.check_disk(hf, GGUF_21B, [file], "gguf", keep_source=True)
+        free[where] += 1
+
+
+def test_a_corrupted_file_in_the_hub_cache_fails_its_sha256_and_is_fetched_again(setup, hub):
+    hf, reporter = setup
+    listing = hf.listing(GGUF_4B)
+    file = listing.files[PLAIN_4B]
+    download.fetch(hf, GGUF_4B, listing.commit, file, reporter)  # now in the Hugging Face cache
+    blob = hf.blob_path(GGUF_4B, file)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01                                 # one bit flipped, same size
+    blob.write_bytes(bytes(data))
+    hub.clear_log()
+    with pytest.raises(download.IntegrityError, match=f"{re.escape(PLAIN_4B)}: sha256 mismatch .*deleted"):
+        download.fetch(hf, GGUF_4B, listing.commit, file, reporter)
+    assert not blob.exists() and hub.content_requests() == []   # refused from the cache, not re-fetched yet
+    again = download.fetch(hf, GGUF_4B, listing.commit, file, reporter)
+    assert again.downloaded and hashlib.sha256(blob.read_bytes()).hexdigest() == file.sha256
 
 
 # -- the renamed organisation ------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """A scripted stand-in for the runtime: same interface as Engine / Model / ChatSession, fixed text.
 
 Replies are split into word tokens yielded with a small delay, so tests can watch a reply
-stream, stop it with Esc, or regenerate it. Each token "routes" to a few experts and counts
+stream, stop it with Esc, or regenerate it; `hold_after` (and `pull_hold_after`) makes a reply
+(a pull) wait after that many tokens (steps) until it is stopped, so a stop always lands midway. Each token "routes" to a few experts and counts
 hits in a real `ExpertCache`, so the experts view and the status bar have something to show.
 """
 from __future__ import annotations
@@ -114,6 +115,8 @@ class FakeSession:
         said, generated = [], 0
         try:
             for i, piece in enumerate(pieces):
+                if i == self.engine.hold_after:  # streams no further until stopped
+                    wait_until(lambda: self.cancelled)
                 if self.cancelled:
                     break
                 if self.engine.fail_after is not None and i == self.engine.fail_after:
@@ -131,6 +134,13 @@ class FakeSession:
             self.messages.append({"role": "assistant", "content": "".join(said)})
 
 
+def wait_until(condition, seconds: float = 120.0) -> None:
+    """What a held reply or pull does until the test stops it (the bound only ends a hang)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 class FakeEngine:
     """Installed model names, scripted replies (a function of the user text and the reply
     number), a per-token delay, optional failures."""
@@ -146,6 +156,7 @@ class FakeEngine:
         self.fail_at_start: Exception | None = None
         self.drafts: list = []  # (draft text, chunks done, the session's messages then)
         self.draft_chunks, self.draft_delay = 3, 0.01
+        self.hold_after: int | None = None  # a reply holds after this many tokens until it is stopped
         self.calls: list = []
         self.loaded: list[FakeModel] = []
         self.sessions: list[FakeSession] = []
@@ -186,6 +197,7 @@ class FakeEngine:
 
     pull_steps = 5
     pull_delay = 0.01
+    pull_hold_after: int | None = None
 
     def pull(self, spec: str, report, cancelled) -> str:
         """Reports like `stchat pull`; `spec` "bad" fails; cancellable between steps."""
@@ -193,6 +205,8 @@ class FakeEngine:
 
         report(f"downloading {spec}.gguf (10 MiB)", False)
         for i in range(self.pull_steps):
+            if i == self.pull_hold_after:  # goes no further until stopped
+                wait_until(cancelled)
             if cancelled():
                 raise PullCancelled("pull stopped")
             time.sleep(self.pull_delay)

@@ -12,7 +12,8 @@ from stchat.tui.widgets import MessageView, PromptInput, code_blocks
 from .fakes import FakeEngine
 
 
-async def wait_for(pilot, condition, timeout: float = 5.0) -> None:
+async def wait_for(pilot, condition, timeout: float = 120.0) -> None:
+    """Pause until `condition()`; the timeout only bounds a hang (5 s was short on a loaded machine)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
         if asyncio.get_running_loop().time() > deadline:
@@ -89,6 +90,7 @@ async def test_blank_message_is_not_sent(make_app, store):
 
 async def test_escape_stops_generation_and_marks_the_reply_stopped(make_app, store):
     engine = FakeEngine(reply=lambda text: " ".join(f"w{i}" for i in range(400)), delay=0.01)
+    engine.hold_after = 20  # mid-reply when Esc comes, however slow the machine
     app = make_app(engine)
     async with app.run_test() as pilot:
         screen = await ready(pilot)
@@ -107,6 +109,7 @@ async def test_escape_stops_generation_and_marks_the_reply_stopped(make_app, sto
 
 async def test_sending_while_generating_is_refused(make_app, store):
     engine = FakeEngine(reply=lambda text: " ".join("x" * 2000), delay=0.01)
+    engine.hold_after = 5
     app = make_app(engine)
     async with app.run_test() as pilot:
         screen = await ready(pilot)

@@ -1,10 +1,11 @@
 """End to end through the real runtime: first start with no model, import a tiny synthetic GGUF
-from the models screen (stchat pull's own code), then chat with it; and memory budget errors."""
+from the models screen (stchat pull's own code), then chat with it (checking what the model computed each turn); and memory budget errors."""
 from __future__ import annotations
 
 import pytest
 from textual.widgets import Input
 
+from compute_spy import ComputeSpy
 from stchat.settings import Settings
 from stchat.storage import Store
 from stchat.tui.widgets import MessageView
@@ -19,7 +20,7 @@ def tiny_gguf(tmp_path_factory):
     return synthetic.write_gguf(synthetic.TINY_4B_LIKE, tmp_path_factory.mktemp("e2e") / "tiny-4b.gguf", seed=0)
 
 
-async def test_import_a_model_then_chat_with_it(stchat_home, tiny_gguf):
+async def test_import_a_model_then_chat_with_it(stchat_home, tiny_gguf, monkeypatch):
     from stchat.tui.app import StchatApp
 
     store = Store.open()
@@ -31,7 +32,7 @@ async def test_import_a_model_then_chat_with_it(stchat_home, tiny_gguf):
         await pilot.press("f4")
         app.screen.query_one("#pull-spec", Input).value = str(tiny_gguf)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: app.model is not None, timeout=60)
+        await wait_for(pilot, lambda: app.model is not None)
         assert app.model_name == "tiny-4b" and (stchat_home / "models" / "tiny-4b" / "manifest.json").is_file()
         assert "success: tiny-4b is installed" in app.screen.status_line
         await pilot.press("escape")
@@ -39,7 +40,7 @@ async def test_import_a_model_then_chat_with_it(stchat_home, tiny_gguf):
         chat = app.screen
         chat.query_one("#prompt").insert("Hello there")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: len(chat.query(MessageView)) == 2 and not chat.generating, timeout=60)
+        await wait_for(pilot, lambda: len(chat.query(MessageView)) == 2 and not chat.generating)
         [conversation] = store.conversations()
         user, reply = store.messages(conversation.id)
         assert (user.role, user.content) == ("user", "Hello there")
@@ -53,23 +54,43 @@ async def test_import_a_model_then_chat_with_it(stchat_home, tiny_gguf):
         status = str(app.status_text())
         assert status.startswith("tiny-4b │ prompt ") and "experts" in status and f"ctx {length}/{capacity}" in status
 
-        # a follow-up turn reuses the KV cache: only the new message is prefilled
-        chat.query_one("#prompt").insert("And again")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: len(chat.query(MessageView)) == 4 and not chat.generating, timeout=60)
-        second = store.messages(conversation.id)[-1]
-        grown = app.context[0] - length
-        # prefilled only what was new: were the whole history re-read, it would count `length` more
-        assert 0 < second.stats["prompt_tokens"] + second.stats["generated_tokens"] <= grown + 2
+        # later turns reuse the KV cache: what the model computed starts where the cache ended
+        session, spy = chat.session, ComputeSpy(monkeypatch)
+
+        async def computed_by(action) -> list[tuple[int, list[int]]]:
+            mark = spy.mark()
+            await action()  # the reply has started once something was computed, and is over when not generating
+            await wait_for(pilot, lambda: spy.since(mark) and not chat.generating)
+            assert spy.positions(mark) == list(range(spy.since(mark)[0][0], session.cache.length))
+            return spy.since(mark)
+
+        async def send(text):
+            chat.query_one("#prompt").insert(text)
+            await pilot.press("enter")
+
+        for turn, text in ((2, "And again"), (3, "One more time")):
+            held = session.cache.length
+            passes = await computed_by(lambda: send(text))
+            reply = store.messages(conversation.id)[-1]
+            assert reply.state == "complete" and passes[0][0] == held  # nothing before `held` again
+            assert reply.stats["prompt_tokens"] == len(passes[0][1])
+            assert session.cache.tokens[held:held + len(passes[0][1])] == passes[0][1]
+            prompt_end = held + len(passes[0][1])
+            if turn == 2:  # regenerate the second reply: only the prompt's last token runs again
+                passes = await computed_by(lambda: pilot.press("ctrl+r"))
+                assert passes[0] == (prompt_end - 1, session.cache.tokens[prompt_end - 1:prompt_end])
+                assert store.messages(conversation.id)[-1].stats["prompt_tokens"] == 1
+        assert len(chat.query(MessageView)) == 6
+        assert [m.role for m in store.messages(conversation.id)] == ["user", "assistant"] * 3
 
         # typed with a pause: the draft is prefilled in the background, Enter computes one token
         before = chat.session.cache.length
         chat.query_one("#prompt").insert("Once more, please")
         await wait_for(pilot, lambda: chat.session.cache.length > before + 5, timeout=30)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: len(chat.query(MessageView)) == 6 and not chat.generating, timeout=60)
-        third = store.messages(conversation.id)[-1]
-        assert third.state == "complete" and third.stats["prompt_tokens"] == 1
+        await wait_for(pilot, lambda: len(chat.query(MessageView)) == 8 and not chat.generating, timeout=60)
+        fourth = store.messages(conversation.id)[-1]
+        assert fourth.state == "complete" and fourth.stats["prompt_tokens"] == 1
     store.close()
 
 
@@ -81,7 +102,7 @@ async def test_a_budget_below_the_minimum_is_a_readable_error(stchat_home, tiny_
     runtime.convert(tiny_gguf, stchat_home / "models" / "tiny")
     app = StchatApp(store=Store.open(), settings=Settings(memory_budget="1KiB"), native_clipboard=False)
     async with app.run_test() as pilot:
-        await wait_for(pilot, lambda: app.loading is None, timeout=60)
+        await wait_for(pilot, lambda: app.loading is None)
         assert app.model is None
         [note] = [n for n in app._notifications if n.severity == "error"]
         assert note.title == "Cannot load tiny" and "memory budget of 1.0 KiB is too small" in note.message and "needs at least" in note.message

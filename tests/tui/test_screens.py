@@ -91,7 +91,7 @@ async def test_models_screen_pulls_with_progress_and_reports_failures(make_app, 
 
 async def test_a_pull_can_be_stopped(make_app, store):
     engine = FakeEngine(models=("tiny",))
-    engine.pull_steps, engine.pull_delay = 500, 0.01
+    engine.pull_steps, engine.pull_delay, engine.pull_hold_after = 500, 0.01, 2
     app = make_app(engine)
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot)
