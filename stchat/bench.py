@@ -107,13 +107,8 @@ def run_once(bundle: Path, args: dict, cap: int | None = None) -> dict:
         return _result(subprocess.run(command, capture_output=True, text=True))
     from stchat import cgroup
 
-    group = cgroup.create(cap)
-    try:
-        cgroup.evict(path for path in Path(bundle).rglob("*") if path.is_file())
-        child = subprocess.run(command, capture_output=True, text=True, preexec_fn=group.join)
-        peak = group.peak()
-    finally:
-        group.remove()
+    files = [path for path in Path(bundle).rglob("*") if path.is_file()]
+    child, peak = cgroup.run(command, cap, files)
     if child.returncode == -9:
         raise RuntimeError(f"the run was killed (out of memory in the {cap / 2**20:.0f} MiB cap?)")
     result = _result(child)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,18 @@ def create(limit: int) -> MemoryCgroup:
         group.remove()
         raise CgroupUnavailable(f"cannot set the limit of {path}: {error.strerror or error}") from None
     return group
+
+
+def run(command: list, limit: int, evict_paths=()) -> tuple[subprocess.CompletedProcess, int | None]:
+    """Run `command` to completion (output captured) inside a new group of `limit` bytes, with
+    `evict_paths` dropped from the page cache first; returns it and the group's peak bytes."""
+    group = create(limit)
+    try:
+        evict(evict_paths)
+        child = subprocess.run(command, capture_output=True, text=True, preexec_fn=group.join)
+        return child, group.peak()
+    finally:
+        group.remove()
 
 
 def current_limit() -> int | None:

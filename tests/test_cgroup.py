@@ -1,6 +1,7 @@
 """`stchat bench --cap`: the measured child really runs in a memory cgroup with the limit set,
 and a machine without usable cgroups gets one clear line."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,21 +20,21 @@ _REPORT = ("import json; from stchat import cgroup; "
 
 
 @needs_cgroups
-def test_a_capped_child_runs_in_its_own_limited_cgroup(monkeypatch):
+def test_a_capped_child_runs_in_its_own_limited_cgroup(monkeypatch, tmp_path):
     monkeypatch.delenv("STCHAT_CGROUP_ROOT", raising=False)
-    group = cgroup.create(300 * 2**20)
-    try:
-        child = subprocess.run([sys.executable, "-c", _REPORT], capture_output=True, text=True,
-                               preexec_fn=group.join, timeout=60)
-        peak = group.peak()
-    finally:
-        group.remove()
+    evicted = tmp_path / "weights.bin"
+    evicted.write_bytes(b"x" * 2**20)
+    child, peak = cgroup.run([sys.executable, "-c", _REPORT], 300 * 2**20, [evicted])
     assert child.returncode == 0, child.stderr
     seen = json.loads(child.stdout)
-    assert f"/{group.path.name}\n" in seen["cgroups"]
+    version, mount = cgroup._memory_hierarchy(Path("/sys/fs/cgroup"))
+    line = next(l for l in seen["cgroups"].splitlines()
+                if (version == 2 and l.startswith("0::")) or (version == 1 and ":memory:" in l))
+    group = line.split(":", 2)[2]
+    assert Path(group).name.startswith(f"stchat-bench-{os.getpid()}-")
     assert seen["limit"] == 300 * 2**20
     assert peak is None or 0 < peak <= 300 * 2**20
-    assert not group.path.exists()
+    assert not (mount / group.lstrip("/")).exists()  # removed afterwards
     assert cgroup.current_limit() != 300 * 2**20  # the parent stays outside
 
 
