@@ -1,8 +1,11 @@
 """llama.cpp, the peer stchat is measured against: its venv, and one measured run of it.
 
-llama-cpp-python is built once from its PyPI sdist (with -DGGML_NATIVE=ON, for this CPU) into
-a cache directory, never into the project's environment, tests or CI: `$STCHAT_PEER_VENV`,
-default `~/.cache/stchat-peer/venv`. Every run is a fresh process of that venv's Python
+llama-cpp-python is built once from its PyPI sdist into a cache directory, never into the
+project's environment, tests or CI: `$STCHAT_PEER_VENV`, default
+`~/.cache/stchat-peer/venv-noamx`. The build enables every x86 extension this CPU reports
+except AMX: with -DGGML_NATIVE=ON on an AMX Xeon, llama.cpp 0.3.36 crashes in
+`ggml_backend_amx_mul_mat` on the first prompt (SmallThinker GGUFs, full-size and small);
+the repacked AVX-512 kernels stay. Every run is a fresh process of that venv's Python
 running `llama_child.py`; with a cap it runs in a memory cgroup (`stchat.cgroup`, as
 `stchat bench --cap`), the GGUF evicted from the page cache first.
 
@@ -28,19 +31,32 @@ PEER_VERSION = "0.3.36"  # llama-cpp-python, the version the issue 11 figures we
 CHILD = Path(__file__).with_name("llama_child.py")
 
 
+# /proc/cpuinfo flag -> ggml CMake option; AMX left out on purpose (see above)
+_CPU_OPTIONS = {"avx": "AVX", "avx2": "AVX2", "avx_vnni": "AVX_VNNI", "fma": "FMA", "f16c": "F16C", "bmi2": "BMI2",
+                "avx512f": "AVX512", "avx512vbmi": "AVX512_VBMI", "avx512_vnni": "AVX512_VNNI",
+                "avx512_bf16": "AVX512_BF16"}
+
+
 def venv_dir() -> Path:
-    return Path(os.environ.get("STCHAT_PEER_VENV") or Path(platformdirs.user_cache_dir("stchat-peer")) / "venv")
+    return Path(os.environ.get("STCHAT_PEER_VENV") or Path(platformdirs.user_cache_dir("stchat-peer")) / "venv-noamx")
+
+
+def cmake_args() -> str:
+    """This CPU's extensions as explicit ggml options (what GGML_NATIVE would pick), AMX off."""
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    options = [f"-DGGML_{option}={'ON' if flag in flags else 'OFF'}" for flag, option in _CPU_OPTIONS.items()]
+    return " ".join(["-DGGML_NATIVE=OFF", *options, "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"])
 
 
 def llama_python() -> Path:
-    """The Python of the llama-cpp-python venv, built on first use (10-20 minutes on 2 cores)."""
+    """The Python of the llama-cpp-python venv, built on first use (15-25 minutes on 2 cores)."""
     python = venv_dir() / "bin" / "python"
     if python.is_file() and subprocess.run([python, "-c", "import llama_cpp"], capture_output=True).returncode == 0:
         return python
     print(f"building llama-cpp-python {PEER_VERSION} from source into {venv_dir()} (once)", file=sys.stderr)
     subprocess.run(["python3", "-m", "venv", str(venv_dir())], check=True)
-    env = {**os.environ, "CMAKE_ARGS": "-DGGML_NATIVE=ON"}
-    subprocess.run([python, "-m", "pip", "install", "--no-binary", "llama-cpp-python",
+    env = {**os.environ, "CMAKE_ARGS": cmake_args()}
+    subprocess.run([python, "-m", "pip", "install", "--no-cache-dir", "--no-binary", "llama-cpp-python",
                     f"llama-cpp-python=={PEER_VERSION}"], check=True, env=env)
     return python
 
