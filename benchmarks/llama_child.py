@@ -4,7 +4,7 @@ llama-cpp-python is built from source into a cache directory (`llama_runner.py`)
 the project's environment, so this script imports nothing from stchat: numpy and llama_cpp
 only. Three modes, each printing one JSON object on stdout:
 
-    llama_child.py bench GGUF '{"prompt_tokens": 128, "gen_tokens": 32, "threads": 2}'
+    llama_child.py bench GGUF '{"prompt_tokens": 128, "gen_tokens": 32, "threads": 2, "repack": true}'
     llama_child.py quantize SRC DST FTYPE       # FTYPE: Q4_0, Q8_0, Q6_K, Q5_K_M, Q4_K_M
     llama_child.py logits GGUF IDS.json OUT.npy # logits of every position [S, V], float32
 
@@ -37,7 +37,23 @@ def _last_logits(llm: llama_cpp.Llama) -> np.ndarray:
     return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),))
 
 
-def bench(gguf: str, prompt_tokens: int, gen_tokens: int, threads: int) -> dict:
+def _without_repack() -> None:
+    """llama-cli's --no-repack: the weights stay in the mapped file instead of being copied into
+    anonymous memory in the CPU_REPACK layout (which a 1 GiB cap cannot hold for the 4B)."""
+    import llama_cpp.llama_cpp as low
+
+    default = low.llama_model_default_params
+
+    def params():
+        value = default()
+        value.use_extra_bufts = False
+        return value
+    low.llama_model_default_params = params
+
+
+def bench(gguf: str, prompt_tokens: int, gen_tokens: int, threads: int, repack: bool = True) -> dict:
+    if not repack:
+        _without_repack()
     started = time.perf_counter()
     llm = llama_cpp.Llama(gguf, n_ctx=prompt_tokens + gen_tokens + 8, n_batch=512, n_ubatch=512,
                           n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -59,7 +75,8 @@ def bench(gguf: str, prompt_tokens: int, gen_tokens: int, threads: int) -> dict:
     decode_seconds = time.perf_counter() - started
     return {"load_seconds": load_seconds, "cold_ttft_seconds": cold_seconds, "ttft_seconds": prefill_seconds,
             "prefill_tps": prompt_tokens / prefill_seconds, "decode_tps": gen_tokens / decode_seconds,
-            "peak_rss": peak_rss() / 2**20, "threads": threads, "llama_cpp_python": llama_cpp.__version__}
+            "peak_rss": peak_rss() / 2**20, "threads": threads, "repack": repack,
+            "llama_cpp_python": llama_cpp.__version__}
 
 
 def quantize(src: str, dst: str, ftype: str) -> dict:
@@ -85,7 +102,8 @@ def main() -> int:
     try:
         if mode == "bench":
             options = json.loads(args[1])
-            result = bench(args[0], options["prompt_tokens"], options["gen_tokens"], options["threads"])
+            result = bench(args[0], options["prompt_tokens"], options["gen_tokens"], options["threads"],
+                           options.get("repack", True))
         elif mode == "quantize":
             result = quantize(*args)
         elif mode == "logits":

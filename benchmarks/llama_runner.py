@@ -9,7 +9,7 @@ the repacked AVX-512 kernels stay. Every run is a fresh process of that venv's P
 running `llama_child.py`; with a cap it runs in a memory cgroup (`stchat.cgroup`, as
 `stchat bench --cap`), the GGUF evicted from the page cache first.
 
-    python benchmarks/llama_runner.py GGUF [--prompt-tokens 128] [--gen-tokens 32] [--cap 1GiB]
+    python benchmarks/llama_runner.py GGUF [--prompt-tokens 128] [--gen-tokens 32] [--cap 1GiB] [--no-repack]
 
 prints one JSON object per run (the same keys as `stchat bench --json`'s runs).
 """
@@ -78,8 +78,10 @@ def child(args: list[str], cap: int | None = None, evict: tuple[Path, ...] = ())
     return result
 
 
-def bench(gguf: Path, prompt_tokens: int, gen_tokens: int, threads: int = 2, cap: int | None = None) -> dict:
-    options = {"prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "threads": threads}
+def bench(gguf: Path, prompt_tokens: int, gen_tokens: int, threads: int = 2, cap: int | None = None,
+          repack: bool = True) -> dict:
+    """One run; `repack=False` is llama-cli's --no-repack (weights served from the mapped file)."""
+    options = {"prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "threads": threads, "repack": repack}
     return child(["bench", str(gguf), json.dumps(options)], cap, (gguf,))
 
 
@@ -106,9 +108,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cap", type=parse_size, help="memory cgroup size, e.g. 1GiB")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--no-repack", action="store_true", help="weights served from the mapped file")
     args = parser.parse_args()
     for _ in range(args.runs):
-        print(json.dumps(bench(args.gguf, args.prompt_tokens, args.gen_tokens, args.threads, args.cap)), flush=True)
+        print(json.dumps(bench(args.gguf, args.prompt_tokens, args.gen_tokens, args.threads, args.cap,
+                                      not args.no_repack)), flush=True)
     return 0
 
 
