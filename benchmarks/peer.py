@@ -53,7 +53,8 @@ def configs(short: int, long: int) -> list[tuple]:
 
 def stchat_run(size: str, cap: str | None, prompt: int, gen: int) -> dict:
     command = [sys.executable, "-m", "stchat", "bench", "--synthetic", size, "--routing", ROUTING, "--runs", "1",
-               "--threads", "2", "--prompt-tokens", str(prompt), "--gen-tokens", str(gen), "--json"]
+               "--threads", "2", "--prompt-tokens", str(prompt), "--gen-tokens", str(gen),
+               "--context", str(prompt + gen + 8), "--json"]  # llama_child's n_ctx
     done = subprocess.run(command + (["--cap", cap] if cap else []), capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError((done.stderr.strip().splitlines() or ["stchat bench failed"])[-1])
@@ -118,7 +119,7 @@ def render(lines: list[str], args) -> str:
         f"Python {platform.python_version()}, llama-cpp-python {llama_runner.PEER_VERSION} built from source "
         "with this CPU's extensions but AMX (`llama_runner.cmake_args`). The file: the full-size synthetic model with skewed routing (`stchat bench --synthetic "
         "SIZE --routing skewed` runs its conversion). Engines alternate run by run, each run a fresh process "
-        "with 2 threads; medians (min-max). Prefill is the second prompt of a run (warm); launch to first token "
+        "with 2 threads and a context of prompt + generated + 8 tokens; medians (min-max). Prefill is the second prompt of a run (warm); launch to first token "
         "is load plus the first prompt, nothing built yet. Capped rows: a memory cgroup of that size holds RSS "
         "and page cache together, the engine's files evicted from the page cache before each run; stchat's "
         "budget is the cap, and llama.cpp runs with --no-repack (weights served from the mapped file: its default copies "
