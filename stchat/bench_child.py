@@ -9,6 +9,8 @@ import json
 import sys
 import time
 
+from stchat import cgroup
+
 
 def peak_rss() -> int:
     with open("/proc/self/status") as status:
@@ -66,6 +68,7 @@ def measure(bundle: str, memory: int | None, threads: int | None, prompt_tokens:
         "kv_cache": model.kv_bytes(),
         "kv_dtype": model.kv_dtype,
         "threads": model.threads,
+        "cgroup_limit": cgroup.current_limit(),  # the cap as the kernel enforces it on this process
     }
     model.close()
     return result

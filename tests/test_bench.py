@@ -80,3 +80,17 @@ def test_skewed_routing_concentrates_on_a_quarter_of_experts():
     top = np.argsort(-(x @ w[layer0].T), axis=1)[:, :2]
     share = np.isin(top, np.nonzero(hot)[0]).mean()
     assert share > 0.6
+
+
+def test_synthetic_gguf_is_kept_and_the_bundle_converts_that_file(tmp_path, monkeypatch):
+    from stchat import bench
+    monkeypatch.setenv("STCHAT_CACHE", str(tmp_path))
+    monkeypatch.setattr(synthetic, "FULL_21B", replace(synthetic.TINY_21B_LIKE))
+    built = []
+    real_write = synthetic.write_gguf
+    monkeypatch.setattr(synthetic, "write_gguf", lambda *a, **k: built.append(1) or real_write(*a, **k))
+    gguf = bench.synthetic_gguf("21b", "skewed", log=lambda m: None)
+    assert gguf.is_file() and bench.synthetic_gguf("21b", "skewed", log=lambda m: None) == gguf
+    bundle = bench.synthetic_bundle("21b", "skewed", log=lambda m: None)
+    assert built == [1] and gguf.is_file()  # converted from the kept file, which stays
+    assert json.loads((bundle / "manifest.json").read_text())["source"]["path"] == str(gguf.resolve())
