@@ -172,15 +172,15 @@ class ExpertStore:
             if self.cache.get(key) is None:
                 self.loader.request(key)
 
-    def warm(self, order, stop: threading.Event | None = None) -> int:
+    def warm(self, order, cancelled=lambda: False) -> int:
         """Build the experts of `order` ((layer, expert) keys, hottest first) on the calling thread
-        while they fit in the free part of the budget, until `stop` is set; never evicts. For
+        while they fit in the free part of the budget, until `cancelled()`; never evicts. For
         idle time (an app waiting for its user), so the first reply does not wait for builds.
         Returns how many were built."""
         built = 0
         for layer, expert in order:
             key = (int(layer), int(expert))
-            if stop is not None and stop.is_set():
+            if cancelled():
                 break
             if self.cache.peek(key) or self.loader.pending(key):
                 continue

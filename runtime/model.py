@@ -280,13 +280,13 @@ class Model:
         cache = self._cache(len(token_ids))
         return self.prefill(token_ids, cache, all_logits=True)
 
-    def warm_experts(self, usage=None, stop=None) -> int:
+    def warm_experts(self, usage=None, cancelled=lambda: False) -> int:
         """Build expert sessions before they are asked for, within the free part of the memory
-        budget, until `stop` (a threading.Event) is set: for idle time, so a first reply does not
-        wait for builds. `usage`: [layers, experts] counts from earlier runs (`expert_usage`),
-        hottest built first; without it, layer by layer. Returns how many were built."""
+        budget, until `cancelled()`: for idle time, so a first reply does not wait for builds.
+        `usage`: [layers, experts] counts from earlier runs (`expert_usage`), hottest built
+        first; without it, layer by layer. Returns how many were built."""
         cfg = self.config
-        return self.experts.warm(warm_order(usage, cfg.num_layers, cfg.num_experts), stop)
+        return self.experts.warm(warm_order(usage, cfg.num_layers, cfg.num_experts), cancelled)
 
     def expert_usage(self) -> np.ndarray:
         """int64 [layers, experts]: how often the router asked for each expert since load."""

@@ -221,8 +221,6 @@ def test_a_queued_load_can_be_claimed_by_the_caller_but_not_one_in_flight():
 
 
 def test_warming_builds_hottest_first_within_the_free_budget_and_stops_when_asked():
-    import threading
-
     m = runtime.load(bundle("21b"), accuracy_level=0)
     cfg = m.config
     ids = prompt_ids()[:12]
@@ -231,9 +229,7 @@ def test_warming_builds_hottest_first_within_the_free_budget_and_stops_when_aske
     assert usage.sum() > 0 and usage.shape == (cfg.num_layers, cfg.num_experts)
 
     fresh = runtime.load(bundle("21b"), accuracy_level=0)
-    stop = threading.Event()
-    stop.set()
-    assert fresh.warm_experts(usage, stop) == 0 and len(fresh.experts.cache) == 0
+    assert fresh.warm_experts(usage, cancelled=lambda: True) == 0 and len(fresh.experts.cache) == 0
     room = 3 * fresh.experts.charge
     fresh.experts.set_budget(room)   # the free budget, not the whole model: three experts
     assert fresh.warm_experts(usage) == 3

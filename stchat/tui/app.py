@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Iterable
 
@@ -68,6 +69,7 @@ class StchatApp(App):
         self.load_started: float | None = None
         self.pending_model: str | None = None
         self.generating = False
+        self._warm_lock = threading.Lock()  # held while an idle-time expert build runs
         self.prompt_tps: float | None = None
         self.generation_tps: float | None = None
         self.context: tuple[int, int] | None = None
@@ -167,6 +169,27 @@ class StchatApp(App):
         self.model, self.model_name = message.model, message.name
         self.loading = self.load_started = None
         self.models_changed()
+        self.start_warm()
+
+    # -- idle time: build the experts the model uses most -----------------------------------
+    def start_warm(self) -> None:
+        """While nothing is generating: a reply, a draft's prefill or an unload stops it
+        (`stop_warm`), and it starts again after each reply, skipping what is built."""
+        if self.model is not None and hasattr(self.engine, "warm") and not self.generating:
+            self._warm(self.model)
+
+    def stop_warm(self) -> None:
+        """Stop building and wait for the build in flight (a few milliseconds)."""
+        self.workers.cancel_group(self, "warm")
+        with self._warm_lock:
+            pass
+
+    @work(thread=True, exclusive=True, group="warm", exit_on_error=False)
+    def _warm(self, model) -> None:
+        worker = get_current_worker()
+        with self._warm_lock:
+            if not worker.is_cancelled:
+                self.engine.warm(model, lambda: worker.is_cancelled)
 
     def on_model_failed(self, message: ModelFailed) -> None:
         if message.name == self.loading:
@@ -188,9 +211,12 @@ class StchatApp(App):
         for screen in self.screen_stack:
             if hasattr(screen, "stop_draft"):
                 screen.stop_draft()  # no prefill may run on a model being closed
+        self.stop_warm()
         if self.model is not None:
             model, self.model, self.model_name = self.model, None, None
             try:
+                if hasattr(self.engine, "save_usage"):
+                    self.engine.save_usage(model)  # the next load warms the hottest experts first
                 model.close()
             except Exception:
                 pass
@@ -201,6 +227,8 @@ class StchatApp(App):
         if self.pending_model:
             name, self.pending_model = self.pending_model, None
             self.load_model(name)
+        else:
+            self.start_warm()
 
     # -- status -------------------------------------------------------------------------------
     def memory(self) -> tuple[int | None, int | None]:

@@ -358,6 +358,7 @@ class ChatScreen(Screen):
 
     async def _start_reply(self, text: str, regenerate: bool) -> None:
         self.workers.cancel_group(self, "draft")
+        self.app.stop_warm()  # the reply has the CPU to itself
         self.generating = self.app.generating = True
         self.streaming_view = MessageView("assistant", state="streaming")
         await self.messages_view.mount(self.streaming_view)
@@ -404,6 +405,7 @@ class ChatScreen(Screen):
     def _start_draft(self) -> None:
         text = self.query_one(PromptInput).text
         if text.strip() and self.conversation_id is not None and self.app.model is not None and not self.generating:
+            self.app.stop_warm()  # the draft first; idle-time builds resume after the reply
             self.prefill_draft(self.app.store.conversation(self.conversation_id), text)
 
     @work(thread=True, exclusive=True, group="draft", exit_on_error=False)

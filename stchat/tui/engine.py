@@ -134,6 +134,21 @@ class RuntimeEngine:
     def pull(self, spec: str, report: Report, cancelled: Cancelled) -> str:
         return run_pull(spec, report, cancelled)
 
+    def warm(self, model, cancelled: Cancelled) -> int:
+        """Idle time: build the experts this model was asked for most in earlier runs (the
+        record `stchat.usage` keeps), hottest first, within the free budget, until cancelled."""
+        from stchat import usage
+
+        cfg = model.config
+        record = usage.load(model.bundle.path, (cfg.num_layers, cfg.num_experts))
+        return model.warm_experts(record, cancelled)
+
+    def save_usage(self, model) -> None:
+        """Add this run's router counts to the model's record (when the model is unloaded)."""
+        from stchat import usage
+
+        usage.save(model.bundle.path, model.expert_usage())
+
     def delete(self, name: str) -> None:
         from stchat.paths import models_dir
 

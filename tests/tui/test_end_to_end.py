@@ -2,6 +2,9 @@
 from the models screen (stchat pull's own code), then chat with it (checking what the model computed each turn); and memory budget errors."""
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
 from textual.widgets import Input
 
@@ -140,3 +143,31 @@ async def test_the_context_setting_and_a_conversation_s_own_context(stchat_home,
         # max_tokens (500) is a most: the reply stopped when the 64-token context was full
         assert store.messages(conversation.id)[-1].stats["finish_reason"] in ("length", "stop")
     store.close()
+
+
+async def test_idle_time_builds_the_experts_and_the_record_orders_the_next_run(stchat_home, tiny_gguf):
+    """Loaded and waiting for its user, the app builds every expert that fits (none is asked for
+    yet); unloading keeps the router's counts, which order the next run's builds."""
+    from stchat import usage
+    from stchat.imports import import_local
+    from stchat.progress import Reporter
+    from stchat.tui.app import StchatApp
+
+    import_local(tiny_gguf, Reporter(io.StringIO(), tty=False), None)
+    store = Store.open()
+    app = StchatApp(store=store, settings=Settings(temperature=0.0, max_tokens=4), native_clipboard=False)
+    async with app.run_test(size=(110, 32)) as pilot:
+        await wait_for(pilot, lambda: app.model is not None)
+        model = app.model
+        everything = model.config.num_layers * model.config.num_experts
+        await wait_for(pilot, lambda: len(model.experts.cache) == everything)
+        assert model.experts.cache.stats.misses == 0  # built before any reply asked
+        chat = app.screen
+        chat.query_one("#prompt").insert("Hello there")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not chat.generating and len(chat.query(MessageView)) == 2)
+        assert model.experts.cache.stats.misses == 0 and model.experts.cache.stats.hits > 0
+        asked = model.expert_usage()
+    store.close()
+    record = usage.load(stchat_home / "models" / "tiny-4b", asked.shape)  # saved when the app closed
+    np.testing.assert_array_equal(record, asked)
