@@ -79,8 +79,9 @@ def test_dash_capital_v_prints_the_version():
 
 def test_shell_completion_of_commands_and_installed_models(two_models):
     # typed in bash, as users do: Typer finds the shell among the process's ancestors (a test
-    # run detached from any shell, e.g. started with `( ... &)`, has none)
-    script = subprocess.run(["bash", "-c", f"'{sys.executable}' -m stchat --show-completion"],
+    # run detached from any shell, e.g. started with `( ... &)`, has none; `; exit` keeps bash
+    # from replacing itself with the command)
+    script = subprocess.run(["bash", "-c", f"'{sys.executable}' -m stchat --show-completion; exit $?"],
                             capture_output=True, env=_env(), cwd=ROOT, stdin=subprocess.DEVNULL, timeout=180)
     assert script.returncode == 0 and b"_STCHAT_COMPLETE" in script.stdout, script.stderr
     commands = run_cli(_STCHAT_COMPLETE="complete_bash", COMP_WORDS="stchat pu", COMP_CWORD="1")
