@@ -28,6 +28,7 @@ from .schema import GenerationRequest, parse_chat, parse_completion
 from .worker import Failed, Job, Started, Worker
 
 FINISH = {"stop": "stop", "length": "length", "cancelled": "length"}  # cancelled: cut short at shutdown
+CANCEL_WAIT_SECONDS = 30  # a cancelled generation stops within a token or a prefill chunk
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -130,6 +131,19 @@ class _EventStream(StreamingResponse):
             if not self.log.get("ended"):  # the client went away: stop generating at once
                 self.log["disconnected"] = True
                 self.worker.cancel(self.job)
+                await _until_stopped(self.job, self.log)
+
+
+async def _until_stopped(job: Job, log: dict) -> None:
+    """Wait for a cancelled job's last event, so the request's log line tells where it stopped."""
+    try:
+        async with asyncio.timeout(CANCEL_WAIT_SECONDS):
+            while not isinstance(event := await job.events.get(), (Finished, Failed)):
+                pass
+    except (TimeoutError, asyncio.CancelledError):
+        return
+    if isinstance(event, Finished):
+        log["completion"] = event.generated_tokens
 
 
 async def _generate(request: Request, served: Served, text: str, parsed: GenerationRequest, shape: _Shape):
