@@ -10,6 +10,7 @@ import http.client
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,14 @@ class ServerProcess:
         content = response.read()
         connection.close()
         return response.status, dict(response.getheaders()), content
+
+    def send_only(self, path: str, body) -> socket.socket:
+        """Send a POST and return the open socket without reading the answer (to hang up on it)."""
+        data = json.dumps(body).encode()
+        sock = socket.create_connection((self.host, int(self.port)), timeout=120)
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        return sock
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:

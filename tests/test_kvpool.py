@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import model_fixtures
-from runtime import SamplingParams, TextDelta, generate, make_sampler
-from runtime.kvpool import KVPool
+from runtime import KVPool, SamplingParams, TextDelta, generate, make_sampler
 
 GREEDY = SamplingParams(temperature=0.0)
 

@@ -189,6 +189,15 @@ def test_a_client_leaving_mid_stream_cancels_its_generation(server, expected):
     assert _chat(server, temperature=0, max_tokens=N).choices[0].message.content == expected  # next one served
 
 
+def test_a_client_leaving_before_its_whole_reply_cancels_it(server):
+    start = len(server.lines)
+    server.send_only("/v1/chat/completions", {"messages": HELLO, "temperature": 0, "max_tokens": LONG}).close()
+    line = server.wait_for_line(lambda text: "client disconnected" in text, start=start)
+    assert line, server.stderr
+    tokens = re.search(r"\+(\d+) tokens", line)  # absent if it left before its job started
+    assert tokens is None or int(tokens.group(1)) < LONG
+
+
 def test_concurrent_requests_are_served_one_at_a_time_and_all_answered(server, expected):
     answers, errors = [], []
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import openai
 import pytest
@@ -30,6 +31,15 @@ def _long_stream(server: ServerProcess, **options):
     first = next(iter(stream))  # the job has left the queue: it is generating now
     assert first.choices[0].delta.role == "assistant"
     return stream
+
+
+def _eventually(condition, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_api_key_is_required_on_every_request():
@@ -72,6 +82,21 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_waiting_request_is_se
         _, headers, body = next(r for r in results if r[0] == 503)
         assert int(headers["retry-after"]) >= 1
         assert json.loads(body)["error"]["code"] == "queue_full"
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_request_that_leaves_the_queue_frees_its_place():
+    server = ServerProcess(long_context_bundle(), "--queue", "1")
+    try:
+        stream = _long_stream(server)
+        waiting = server.send_only("/v1/chat/completions", {"messages": HELLO, "max_tokens": 4})
+        assert _eventually(lambda: json.loads(server.request("GET", "/health")[2])["waiting"] == 1)
+        waiting.close()
+        line = server.wait_for_line(lambda text: text.startswith("POST /v1/chat/completions 499"))
+        assert line and "client disconnected" in line, server.stderr
+        assert json.loads(server.request("GET", "/health")[2])["waiting"] == 0
+        stream.close()
     finally:
         assert server.stop() == 0
 

@@ -17,8 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from runtime import Finished, TextDelta, generate, make_sampler
-from runtime.kvpool import KVPool
+from runtime import Finished, KVPool, TextDelta, generate, make_sampler
 
 from .errors import ApiError
 from .schema import GenerationRequest
@@ -86,6 +85,7 @@ class Worker:
         with self._changed:
             if job in self._waiting:
                 self._waiting.remove(job)
+                job.emit(Failed(ApiError(499, "the client closed the request", code="client_closed_request")))
 
     def stop(self) -> None:
         """Refuse waiting jobs and cancel the running one; the thread ends once it has stopped."""
