@@ -8,9 +8,13 @@ reply (a model's own tokens are not always the tokenizer's canonical split of th
 
 A request goes to the slot sharing the longest token prefix with it. A request that shares
 little with every slot starts a new one while there is room, else takes the least recently
-used slot. Caches are charged to the model's memory budget as they fill (`Model._charge_kv`);
-the pool keeps the positions its caches may fill below `byte_limit`, dropping the least
-recently used other caches first. Not thread-safe: one generation at a time uses it.
+used slot. Caches are never freed, so the pool's memory is fixed once its slots exist. Each
+cache is counted at its full size: ONNX Runtime's attention makes much more of a buffer
+resident than the positions written (measured on the 4B, 4096 positions: half of every
+layer's key and value buffers after a 1-token prefill), so the fill-based charge of
+`Model._charge_kv` would undercount. The first cache is charged by the runtime like any single
+conversation's; every further one is charged in full when created, and only as many exist as
+`byte_limit` holds at full size. Not thread-safe: one generation at a time uses it.
 """
 from __future__ import annotations
 
@@ -31,15 +35,15 @@ class Slot:
 
 
 def default_byte_limit(model) -> int:
-    """One full-context cache (the minimum budget counts it) plus half of the budget above the minimum."""
+    """One full cache (the minimum budget counts it) plus half of the budget above the minimum."""
     return model.kv_bytes() + max(0, (model.memory_budget - model.minimum_budget) // 2)
 
 
 class KVPool:
     def __init__(self, model, slots: int = DEFAULT_SLOTS, byte_limit: int | None = None):
         self.model = model
-        self.max_slots = max(1, slots)
         self.byte_limit = default_byte_limit(model) if byte_limit is None else byte_limit
+        self.max_slots = max(1, min(slots, self.byte_limit // model.kv_bytes()))
         self.slots: list[Slot] = []
         self._clock = itertools.count(1)
 
@@ -51,9 +55,8 @@ class KVPool:
             return slot.known_ids + self._encode(text[len(slot.known_text):])
         return plain
 
-    def acquire(self, text: str, reserve: int = 0) -> tuple[Slot, list[int]]:
-        """The slot to run `text` in and its token ids. `reserve`: positions the reply may add;
-        other caches are dropped until this one can grow to len(ids) + reserve within the limit."""
+    def acquire(self, text: str) -> tuple[Slot, list[int]]:
+        """The slot to run `text` in, and its token ids."""
         plain = self._encode(text)
         best, best_ids, best_shared = None, plain, 0
         for slot in self.slots:
@@ -66,29 +69,21 @@ class KVPool:
         # else reuse what can be reused, else the least recently used slot.
         if best is None or 2 * best_shared < best.cache.length:
             if len(self.slots) < self.max_slots:
-                best, best_ids = Slot(self.model.new_cache()), plain
+                best, best_ids = Slot(self._new_cache()), plain
                 self.slots.append(best)
             elif best is None:
                 best = min(self.slots, key=lambda s: s.last_used)
                 best_ids = self._ids_for(best, text, plain)
         best.last_used = next(self._clock)
-        self._make_room(best, len(best_ids) + reserve)
         return best, best_ids
 
-    def _make_room(self, keep: Slot, positions: int) -> None:
-        """Drop the least recently used other caches until `keep` may fill `positions` within the limit."""
-        model, capacity = self.model, keep.cache.capacity
-        needed = model.kv_bytes(min(max(positions, keep.cache.high_water), capacity))
-        others = sorted((s for s in self.slots if s is not keep), key=lambda s: s.last_used)
-        while others and needed + sum(model.kv_bytes(s.cache.high_water) for s in others) > self.byte_limit:
-            self.slots.remove(others.pop(0))
+    def _new_cache(self) -> KVCache:
+        cache = self.model.new_cache()
+        if self.slots:  # a cache beyond the first: charged in full now (see the module docstring)
+            self.model._charge_kv(cache, cache.capacity)
+        return cache
 
     def record(self, slot: Slot, text: str, ids: list[int]) -> None:
         """After a generation: `text` (prompt + reply) is exactly `ids`, if those are what the cache holds."""
         exact = slot.cache.tokens == ids
         slot.known_text, slot.known_ids = (text, list(ids)) if exact else ("", [])
-
-    @property
-    def nbytes_in_use(self) -> int:
-        """KV bytes the pool's caches have been charged (their high-water marks)."""
-        return sum(self.model.kv_bytes(s.cache.high_water) for s in self.slots)

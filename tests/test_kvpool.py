@@ -9,7 +9,7 @@ GREEDY = SamplingParams(temperature=0.0)
 
 def _turn(pool: KVPool, text: str, n: int = 12):
     """Run `text` as a pool request; returns (slot, prompt ids, text of prompt + reply)."""
-    slot, ids = pool.acquire(text, reserve=n)
+    slot, ids = pool.acquire(text)
     generated, reply = [], []
     for event in generate(pool.model, slot.cache, ids, make_sampler(GREEDY), max_tokens=n, generated_ids=generated):
         if isinstance(event, TextDelta):
@@ -49,14 +49,13 @@ def test_a_request_sharing_most_of_a_cache_takes_it_even_with_free_slots():
     assert again is slot and again_ids == ids and len(pool.slots) == 1
 
 
-def test_caches_beyond_the_byte_limit_are_dropped_oldest_first():
+def test_the_byte_limit_bounds_the_caches_and_each_extra_one_is_charged_in_full():
     model = model_fixtures.model("4b")
-    one_full_cache = model.kv_bytes()
-    pool = KVPool(model, slots=4, byte_limit=one_full_cache + model.kv_bytes(300))
-    a, _, _ = _turn(pool, "The quick brown fox")
-    b, _, _ = _turn(pool, "Lorem ipsum dolor sit amet")
-    assert len(pool.slots) == 2  # two small caches fit
-    c, _ = pool.acquire("Zebras and yaks", reserve=model.max_context)  # may fill the whole context
-    assert c not in (a, b)
-    assert pool.slots == [b, c]  # a, the oldest, went; b still fits beside a full c
-    assert one_full_cache + model.kv_bytes(b.cache.high_water) <= pool.byte_limit
+    pool = KVPool(model, slots=4, byte_limit=2 * model.kv_bytes() + model.kv_bytes() // 2)
+    assert pool.max_slots == 2
+    first, _, _ = _turn(pool, "The quick brown fox")
+    second, _, _ = _turn(pool, "Lorem ipsum dolor sit amet")
+    assert first.cache.high_water < first.cache.capacity  # charged as it fills, like any conversation
+    assert second.cache.high_water == second.cache.capacity  # charged in full when created
+    third, _ = pool.acquire("Zebras and yaks")
+    assert third is first and len(pool.slots) == 2  # no third cache: the oldest slot is reused

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
@@ -24,6 +25,7 @@ from starlette.routing import Route
 from runtime import BundleError, Finished, TextDelta, render_chat
 
 from .errors import ApiError, bad_request
+from .middleware import ApiKey, RequestLog, endpoint
 from .schema import GenerationRequest, parse_chat, parse_completion
 from .worker import Failed, Job, Started, Worker
 
@@ -197,7 +199,6 @@ async def _stream(job: Job, started: Started, shape: _Shape, log: dict):
 
 def build_app(served: Served, api_key: str | None = None) -> Starlette:
     """The ASGI application: routes, OpenAI-shaped errors, the API key check and the request log."""
-    from .middleware import ApiKey, RequestLog, endpoint
 
     @endpoint
     async def chat_completions(request: Request):
@@ -244,7 +245,5 @@ def build_app(served: Served, api_key: str | None = None) -> Starlette:
         Route("/v1/models/{model_id:path}", model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ]
-    from starlette.middleware import Middleware
-
     middleware = [Middleware(RequestLog)] + ([Middleware(ApiKey, key=api_key)] if api_key else [])
     return Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: http_error})

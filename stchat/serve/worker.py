@@ -130,7 +130,7 @@ class Worker:
 
     def _generate(self, job: Job) -> None:
         request = job.request
-        slot, ids = self.pool.acquire(job.text, reserve=request.max_tokens or 0)
+        slot, ids = self.pool.acquire(job.text)
         cache = slot.cache
         if len(ids) >= cache.capacity:
             raise ApiError(400, f"the prompt is {len(ids)} tokens long but the context holds {cache.capacity} "
