@@ -233,16 +233,17 @@ def main() -> None:
              f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, load average "
              f"{os.getloadavg()[0]:.1f} at start (a machine shared with other work: expect noise).", ""]
     parts = args.parts.split(",")
-    if "overhead" in parts:
-        lines += overhead(bundle, tokens=64 if big else 500, runs=3 if big else 7)
-    if "followup" in parts:
-        lines += followup(bundle, turns=4, words=120, reply_tokens=16 if big else 48, extra=extra)
-    if "soak" in parts:
-        lines += soak(bundle, args.memory or ("1GiB" if big else "512MiB"), total=100, clients=4, kill_every=10,
-                      max_tokens=12 if big else 64, extra=extra)
     out = OUT.with_name(f"SERVE-{args.model}.md") if args.model in ("tiny", "4b") else OUT
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    for part, run in [
+        ("overhead", lambda: overhead(bundle, tokens=64 if big else 500, runs=3 if big else 7)),
+        ("followup", lambda: followup(bundle, turns=4, words=120, reply_tokens=16 if big else 48, extra=extra)),
+        ("soak", lambda: soak(bundle, args.memory or ("1GiB" if big else "512MiB"), total=100, clients=4,
+                              kill_every=10, max_tokens=12 if big else 64, extra=extra)),
+    ]:
+        if part in parts:
+            lines += run()
+            out.write_text("\n".join(lines))  # each part as soon as it is measured
+            print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,8 @@ used slot. Caches are never freed, so the pool's memory is fixed once its slots 
 cache is counted at its full size: ONNX Runtime's attention makes much more of a buffer
 resident than the positions written (measured on the 4B, 4096 positions: half of every
 layer's key and value buffers after a 1-token prefill), so the fill-based charge of
-`Model._charge_kv` would undercount. The first cache is charged by the runtime like any single
-conversation's; every further one is charged in full when created, and only as many exist as
-`byte_limit` holds at full size. Not thread-safe: one generation at a time uses it.
+`Model._charge_kv` would undercount (a 1 GiB 4B server reached 1027 MiB). Each cache is charged
+in full when created, and only as many exist as `byte_limit` holds at full size. Not thread-safe: one generation at a time uses it.
 """
 from __future__ import annotations
 
@@ -79,8 +78,7 @@ class KVPool:
 
     def _new_cache(self) -> KVCache:
         cache = self.model.new_cache()
-        if self.slots:  # a cache beyond the first: charged in full now (see the module docstring)
-            self.model._charge_kv(cache, cache.capacity)
+        self.model._charge_kv(cache, cache.capacity)  # in full, now (see the module docstring)
         return cache
 
     def record(self, slot: Slot, text: str, ids: list[int]) -> None:

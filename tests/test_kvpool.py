@@ -49,13 +49,12 @@ def test_a_request_sharing_most_of_a_cache_takes_it_even_with_free_slots():
     assert again is slot and again_ids == ids and len(pool.slots) == 1
 
 
-def test_the_byte_limit_bounds_the_caches_and_each_extra_one_is_charged_in_full():
+def test_the_byte_limit_bounds_the_caches_and_each_is_charged_in_full():
     model = model_fixtures.model("4b")
     pool = KVPool(model, slots=4, byte_limit=2 * model.kv_bytes() + model.kv_bytes() // 2)
     assert pool.max_slots == 2
     first, _, _ = _turn(pool, "The quick brown fox")
     second, _, _ = _turn(pool, "Lorem ipsum dolor sit amet")
-    assert first.cache.high_water < first.cache.capacity  # charged as it fills, like any conversation
-    assert second.cache.high_water == second.cache.capacity  # charged in full when created
+    assert first.cache.high_water == first.cache.capacity == second.cache.high_water  # charged in full
     third, _ = pool.acquire("Zebras and yaks")
     assert third is first and len(pool.slots) == 2  # no third cache: the oldest slot is reused
