@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from stchat.ask import memory_budget, parse_size
+from stchat.ask import context_length, memory_budget, parse_size
 from stchat.exitcodes import ExitCode
 
 
@@ -23,7 +23,8 @@ def serve_command(
         "--memory", metavar="SIZE", parser=parse_size,
         help="Memory budget of the server process, e.g. 2GiB, 512MB, 1.5G.")] = None,
     context: Annotated[Optional[int], typer.Option(
-        "--context", min=1, help="Context length in tokens (default: the runtime's).")] = None,
+        "-c", "--context", min=1, metavar="TOKENS", help="Most tokens of prompt and reply together, "
+        "per request. Default: $STCHAT_CONTEXT, else the model's trained length (or what the budget holds).")] = None,
     threads: Annotated[Optional[int], typer.Option(
         "-t", "--threads", min=1, help="CPU threads (default: the CPUs this process may use).")] = None,
     queue: Annotated[int, typer.Option(
@@ -33,7 +34,7 @@ def serve_command(
     from stchat.serve.server import ServeOptions, serve  # uvicorn, starlette, the runtime
 
     options = ServeOptions(model=model, host=host, port=port, api_key=api_key or None, memory=memory_budget(memory),
-                           context=context, threads=threads, queue=queue)
+                           context=context_length(context), threads=threads, queue=queue)
     code = serve(options)
     if code != ExitCode.OK:
         raise typer.Exit(int(code))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from stchat.exitcodes import ExitCode, StchatError
+from stchat.exitcodes import ExitCode, StchatError, UsageError
 
 GRACEFUL_SECONDS = 10  # the most uvicorn waits for open responses once the worker has stopped
 
@@ -68,14 +68,18 @@ class _Server(uvicorn.Server):
 def serve(options: ServeOptions) -> ExitCode:
     import runtime
     from stchat.models import resolve
+    from stchat.progress import Reporter
 
     from .app import Served, build_app
     from .worker import Worker
 
-    resolved = resolve(options.model, log=lambda message: print(message, file=sys.stderr, flush=True))
+    resolved = resolve(options.model, Reporter(sys.stderr))
     sock = listen(options.host, options.port)
-    model = runtime.load(resolved.path, memory_budget=options.memory, threads=options.threads,
-                         context=options.context)
+    try:
+        model = runtime.load(resolved.path, memory_budget=options.memory, threads=options.threads,
+                             context=options.context)
+    except runtime.InvalidContext as error:
+        raise UsageError(f"--context: {error}") from None
     worker = Worker(model, max_waiting=options.queue)
     aliases = tuple(a for a in (options.model, os.environ.get("STCHAT_MODEL")) if a and a != resolved.name)
     served = Served(worker, resolved.name, aliases, created=int(time.time()))

@@ -136,7 +136,10 @@ class Worker:
             raise ApiError(400, f"the prompt is {len(ids)} tokens long but the context holds {cache.capacity} "
                            f"(the prompt and at least one token of reply must fit)", param="messages"
                            if request.messages is not None else "prompt", code="context_length_exceeded")
-        job.emit(Started(len(ids), min(cache.common_prefix(ids), len(ids) - 1)))
+        # Keep what the cache shares with the prompt (a sliding window may not allow going back: 0),
+        # but re-run at least the last prompt token, whose logits start the reply.
+        reused = cache.trim(min(cache.common_prefix(ids), len(ids) - 1))
+        job.emit(Started(len(ids), reused))
         if not self._prefill(ids[:-1], cache, job):
             job.emit(Finished("cancelled", 0, 0, 0.0, 0.0))
             return
@@ -155,11 +158,9 @@ class Worker:
             self.pool.record(slot, "", [])
 
     def _prefill(self, ids: list[int], cache, job: Job) -> bool:
-        """Prefill `ids` (what the cache lacks of them) in chunks, checking for cancellation between
+        """Prefill `ids` past what the cache holds, in chunks, looking at the cancel flag between
         chunks; False when cancelled."""
-        done = cache.common_prefix(ids)
-        cache.trim(done)
-        for start in range(done, len(ids), PREFILL_CHUNK):
+        for start in range(cache.length, len(ids), PREFILL_CHUNK):
             if job.cancelled.is_set():
                 return False
             self.model.prefill(ids[start:start + PREFILL_CHUNK], cache)
