@@ -21,6 +21,7 @@ from stchat.exitcodes import ExitCode, StchatError, UsageError
 from stchat.manage import installed_names, list_command, rm_command, show_command
 from stchat.paths import models_dir
 from stchat.pull import pull_command
+from stchat.serve.command import serve_command
 from stchat.verify import verify_command
 
 app = typer.Typer(
@@ -84,6 +85,7 @@ app.command("show")(show_command)
 app.command("rm")(rm_command)
 app.command("bench")(bench_command)
 app.command("verify")(verify_command)
+app.command("serve")(serve_command)
 
 
 def _error(message: str) -> None:
