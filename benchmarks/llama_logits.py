@@ -24,13 +24,12 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
-from gguf.quants import dequantize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import llama_runner  # noqa: E402
 from results import revision  # noqa: E402
 import runtime  # noqa: E402
-from reference import reference_logits  # noqa: E402
+from reference import gguf_file_weights, reference_logits  # noqa: E402
 from runtime import synthetic  # noqa: E402
 
 _SMALL = dict(hidden_size=512, num_heads=4, num_kv_heads=2, head_dim=128, expert_ffn_size=256,
@@ -54,31 +53,6 @@ def weights(spec) -> dict[str, np.ndarray]:
     out = synthetic.make_weights(spec)
     if spec.tie_word_embeddings:
         out["model.embed_tokens.weight"] = out["model.embed_tokens.weight"] * np.float32(0.1)
-    return out
-
-
-def hf_weights(gguf: Path, spec) -> dict[str, np.ndarray]:
-    """Every tensor of the file dequantized, under the Hugging Face names the reference takes."""
-    layer_names = synthetic._GGUF_LAYER_NAMES
-    out = {}
-    for tensor in GGUFReader(gguf).tensors:
-        w = dequantize(tensor.data, tensor.tensor_type).astype(np.float32)  # numpy order [out, in]
-        name = tensor.name.removesuffix(".weight")
-        if name == "token_embd":
-            out["model.embed_tokens.weight"] = w
-        elif name == "output":
-            out["lm_head.weight"] = w
-        elif name == "output_norm":
-            out["model.norm.weight"] = w
-        else:
-            _, layer, kind = name.split(".")
-            prefix = f"model.layers.{layer}."
-            if kind.endswith("_exps"):  # [E, out, in]
-                part = kind.removeprefix("ffn_").removesuffix("_exps")
-                for e in range(spec.num_experts):
-                    out[f"{prefix}block_sparse_moe.experts.{e}.{part}.weight"] = w[e]
-            else:
-                out[f"{prefix}{layer_names[kind]}.weight"] = w
     return out
 
 
@@ -106,7 +80,7 @@ def stchat_logits(gguf: Path, bundle: Path, ids: list[int]) -> np.ndarray:
 def measure(layout: str, kind: str, f16: Path, work: Path, ids: list[int]) -> dict:
     spec = LAYOUTS[layout]
     gguf = f16 if kind == "F16" else llama_runner.quantize(f16, work / f"{layout}-{kind}.gguf", kind)
-    exact = reference_logits(hf_weights(gguf, spec), spec.hf_config(), ids)
+    exact = reference_logits(gguf_file_weights(gguf), spec.hf_config(), ids)
     llama = llama_runner.logits(gguf, ids, work)
     stchat = stchat_logits(gguf, work / f"bundle-{layout}-{kind}", ids)
     return {"layout": layout, "kind": kind, "types": tensor_types(gguf),

@@ -7,7 +7,7 @@ so a mistake must not be able to hide in both. Input: weights under the Hugging 
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType
+from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize, quantize
 
 
@@ -108,3 +108,33 @@ def reference_logits(weights: dict[str, np.ndarray], hf_config: dict, token_ids)
     x = _rmsnorm(x, f64("model.norm.weight"), eps)
     head = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
     return (x @ f64(head).T).astype(np.float32)
+
+
+_GGUF_TO_HF = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+              "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+              "ffn_gate_inp": "block_sparse_moe.primary_router"}
+
+
+def gguf_file_weights(path) -> dict[str, np.ndarray]:
+    """Every tensor of a GGUF file, dequantized by the `gguf` package, under Hugging Face names."""
+    out = {}
+    for tensor in GGUFReader(path).tensors:
+        values = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float64)
+        name = tensor.name.removesuffix(".weight")
+        if name == "token_embd":
+            out["model.embed_tokens.weight"] = values
+        elif name == "output_norm":
+            out["model.norm.weight"] = values
+        elif name == "output":
+            out["lm_head.weight"] = values
+        else:
+            _, layer, kind = name.split(".")
+            prefix = f"model.layers.{layer}."
+            if kind.endswith("_exps"):
+                for expert, matrix in enumerate(values):
+                    out[f"{prefix}block_sparse_moe.experts.{expert}.{kind.split('_')[1]}.weight"] = matrix
+            else:
+                out[f"{prefix}{_GGUF_TO_HF[kind]}.weight"] = values
+    if "lm_head.weight" not in out:
+        out["lm_head.weight"] = out["model.embed_tokens.weight"]
+    return out

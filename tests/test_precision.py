@@ -15,18 +15,13 @@ from gguf import GGUFReader, quants
 
 import runtime
 from model_fixtures import LAYOUTS, prompt_ids
-from reference import reference_logits
+from reference import gguf_file_weights, reference_logits
 from runtime import synthetic
 from runtime.model import KV_GRANULE
 
 # K-quants need rows of 256: a tiny model with hidden and expert widths of 256
 SHAPES = {layout: replace(spec, hidden_size=256, num_heads=4, num_kv_heads=2, head_dim=64, expert_ffn_size=256)
           for layout, spec in LAYOUTS.items()}
-GGUF_TO_HF = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-              "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
-              "ffn_gate_inp": "block_sparse_moe.primary_router"}
-
-
 def q4_0_mix(name: str) -> T:  # what `llama-quantize ... Q4_0` writes
     return T.Q6_K if name == "output.weight" else T.Q8_0 if ("attn_k" in name or "attn_v" in name) else T.Q4_0
 
@@ -47,31 +42,6 @@ def q5_mix(name: str) -> T:  # Q5_K and the legacy types with a min or an offset
 MIXES = {"q4_0-mix": q4_0_mix, "q4_k_m": q4_k_m, "q5-mix": q5_mix}
 
 
-def file_weights(path) -> dict[str, np.ndarray]:
-    """Every tensor of a GGUF file, dequantized by the `gguf` package, under Hugging Face names."""
-    out = {}
-    for tensor in GGUFReader(path).tensors:
-        values = np.asarray(quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float64)
-        name = tensor.name.removesuffix(".weight")
-        if name == "token_embd":
-            out["model.embed_tokens.weight"] = values
-        elif name == "output_norm":
-            out["model.norm.weight"] = values
-        elif name == "output":
-            out["lm_head.weight"] = values
-        else:
-            _, layer, kind = name.split(".")
-            prefix = f"model.layers.{layer}."
-            if kind.endswith("_exps"):
-                for expert, matrix in enumerate(values):
-                    out[f"{prefix}block_sparse_moe.experts.{expert}.{kind.split('_')[1]}.weight"] = matrix
-            else:
-                out[f"{prefix}{GGUF_TO_HF[kind]}.weight"] = values
-    if "lm_head.weight" not in out:
-        out["lm_head.weight"] = out["model.embed_tokens.weight"]
-    return out
-
-
 @pytest.fixture(scope="module", params=[(mix, layout) for mix in MIXES for layout in SHAPES], ids=lambda p: "-".join(p))
 def converted(request, tmp_path_factory):
     mix, layout = request.param
@@ -83,7 +53,7 @@ def converted(request, tmp_path_factory):
 
 
 def _reference(spec, path, ids):
-    return reference_logits(file_weights(path), spec.hf_config(synthetic.make_tokenizer()), ids)
+    return reference_logits(gguf_file_weights(path), spec.hf_config(synthetic.make_tokenizer()), ids)
 
 
 def test_every_matrix_keeps_the_precision_of_the_file(converted):
@@ -142,7 +112,7 @@ def test_float_matrices_in_a_gguf_keep_eight_bits(tmp_path):
     assert b.manifest["source"]["lossy"] is True  # 16 -> 8 bits, recorded
     ids = prompt_ids()[:24]
     through_q8_0 = {name: quants.dequantize(quants.quantize(w.astype(np.float32), T.Q8_0), T.Q8_0)
-                    if w.ndim == 2 and "primary_router" not in name else w for name, w in file_weights(path).items()}
+                    if w.ndim == 2 and "primary_router" not in name else w for name, w in gguf_file_weights(path).items()}
     ref = reference_logits(through_q8_0, spec.hf_config(synthetic.make_tokenizer()), ids)
     got = runtime.load(b.path, accuracy_level=0).logits(ids)
     np.testing.assert_allclose(got, ref, atol=2e-4 * np.abs(ref).max(), rtol=0)
