@@ -52,6 +52,23 @@ def expert_layout(cfg: ModelConfig, formats: dict[str, QuantFormat]) -> tuple[di
     return layout, offset
 
 
+def array_bytes(specs) -> int:
+    """Bytes of the arrays described by `{dtype, shape}` specs (a layout's, or the manifest's)."""
+    return sum(int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize for spec in specs)
+
+
+def manifest_expert_layouts(manifest: dict) -> tuple[dict, list[str]]:
+    """(layout name -> {formats, arrays, size, graph}, each layer's layout name) of a manifest;
+    a format-1 manifest has one layout, every matrix Q4_0, and the graph "expert"."""
+    experts = manifest["experts"]
+    if "layouts" in experts:
+        return experts["layouts"], experts["layers"]
+    key = layout_key(dict.fromkeys(EXPERT_ARRAYS, Q4_0))
+    layout = {"formats": dict.fromkeys(EXPERT_ARRAYS, Q4_0.name), "arrays": experts["arrays"],
+              "size": experts["stride"], "graph": "expert"}
+    return {key: layout}, [key] * manifest["config"]["num_layers"]
+
+
 def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -191,13 +208,7 @@ class Bundle:
         self._dense_fd = os.open(self.path / "dense.bin", os.O_RDONLY)
         experts = self.manifest["experts"]
         self.expert_stride = experts["stride"]
-        if "layouts" not in experts:  # format 1: every expert Q4_0, graph "expert"
-            key = layout_key(dict.fromkeys(EXPERT_ARRAYS, Q4_0))
-            experts["layouts"] = {key: {"formats": dict.fromkeys(EXPERT_ARRAYS, Q4_0.name),
-                                        "arrays": experts["arrays"], "size": self.expert_stride, "graph": "expert"}}
-            experts["layers"] = [key] * self.config.num_layers
-        self.expert_layouts = experts["layouts"]
-        self.layer_layouts = experts["layers"]
+        self.expert_layouts, self.layer_layouts = manifest_expert_layouts(self.manifest)
         self.expert_crc32 = experts.get("crc32")   # None in bundles made before it existed
 
     def matrix_format(self, name: str) -> QuantFormat:

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import Bundle
+from .bundle import Bundle, array_bytes
 from .decode import expert_binding
 from .expert_cache import ExpertCache
 from .expert_loader import ExpertLoader
@@ -34,14 +34,15 @@ def warm_order(usage: np.ndarray | None, num_layers: int, num_experts: int) -> l
     return sorted(keys, key=lambda k: -float(usage[k]))  # stable: ties stay layer by layer
 
 
+def layout_charge(layout: dict) -> int:
+    """Resident bytes of one expert session stored in `layout` (a manifest expert layout)."""
+    return expert_charge([(fmt, array_bytes(spec for key, spec in layout["arrays"].items() if key.startswith(matrix + ".")))
+                          for matrix, fmt in layout["formats"].items()])
+
+
 def layer_charges(bundle: Bundle) -> list[int]:
     """Resident bytes of one expert session of each layer (layers may store experts differently)."""
-    charges = []
-    for layer in range(bundle.config.num_layers):
-        arrays, formats = bundle.expert(layer, 0), bundle.expert_formats(layer)
-        charges.append(expert_charge([(formats[m], sum(a.nbytes for name, a in arrays.items() if name.startswith(m + ".")))
-                                      for m in formats]))
-    return charges
+    return [layout_charge(bundle.expert_layouts[key]) for key in bundle.layer_layouts]
 
 
 class ExpertStore:
@@ -49,8 +50,8 @@ class ExpertStore:
         """`graphs`: expert graph name -> graph bytes (`bundle.expert_graph_name(layer)`)."""
         self.bundle = bundle
         self.graphs = [graphs[bundle.expert_graph_name(layer)] for layer in range(bundle.config.num_layers)]
-        self.layer_bytes = [sum(a.nbytes for a in bundle.expert(layer, 0).values())  # raw bytes read per expert
-                            for layer in range(bundle.config.num_layers)]
+        self.layer_bytes = [array_bytes(bundle.expert_layouts[key]["arrays"].values())  # raw bytes per expert
+                            for key in bundle.layer_layouts]
         self.expert_bytes = max(self.layer_bytes)
         self.charges = layer_charges(bundle)          # resident bytes per session, by layer
         self.charge = max(self.charges)

@@ -22,9 +22,6 @@ from stchat.models import installed_models, installed_name, not_installed
 from stchat.paths import models_dir
 from stchat.progress import human_bytes
 
-SMALLEST_AUTO_CONTEXT = 4096   # runtime.model: the context the minimum budget counts when none is asked
-KV_ITEMSIZE = 2   # runtime.model: keys and values in float16 whenever memory is short
-_ITEMSIZE = {"uint8": 1, "float32": 4, "float16": 2, "int32": 4, "int64": 8}
 
 
 @dataclass
@@ -55,23 +52,23 @@ class Installed:
         return f"{quant} (from {origin}{lossy})"
 
     def _expert_layouts(self) -> list[dict]:
-        """Per layer: {"formats", "bytes"} of one expert (format 1 bundles: every matrix Q4_0)."""
-        experts, layers = self.manifest["experts"], self.manifest["config"]["num_layers"]
-        if "layouts" not in experts:
-            layout = {"formats": dict.fromkeys(("gate", "up", "down"), "q4b32"), "arrays": experts["arrays"]}
-            return [dict(layout, bytes=_array_bytes(layout["arrays"].values()))] * layers
-        return [dict(experts["layouts"][key], bytes=_array_bytes(experts["layouts"][key]["arrays"].values()))
-                for key in experts["layers"]]
+        """Per layer: the manifest's expert layout ({"formats", "arrays", ...}) of that layer."""
+        from runtime.bundle import manifest_expert_layouts
+
+        layouts, layers = manifest_expert_layouts(self.manifest)
+        return [layouts[key] for key in layers]
 
     def storage(self) -> dict[str, int]:
         """Stored format -> bytes of the matrices kept in it (experts and dense, not norms/routers)."""
         out: dict[str, int] = {}
         for name, info in self.manifest.get("matrices", {}).items():
             out[info["format"]] = out.get(info["format"], 0) + info["bytes"]
+        from runtime.bundle import array_bytes
+
         per_layer = self.manifest["config"]["num_experts"]
         for layout in self._expert_layouts():
             for matrix, fmt in layout["formats"].items():
-                size = _array_bytes(a for key, a in layout["arrays"].items() if key.startswith(matrix + "."))
+                size = array_bytes(spec for key, spec in layout["arrays"].items() if key.startswith(matrix + "."))
                 out[fmt] = out.get(fmt, 0) + size * per_layer
         return dict(sorted(out.items(), key=lambda item: -item[1]))
 
@@ -93,50 +90,31 @@ class Installed:
         """Bytes: dense, experts (all), one expert and its session's charge, KV cache, all in RAM,
         and the smallest budget (`runtime.memory.minimum_budget`: what the runtime refuses below)
         for `context` tokens (none asked: SMALLEST_AUTO_CONTEXT, as the runtime counts)."""
+        from runtime.bundle import array_bytes
+        from runtime.config import ModelConfig
+        from runtime.experts import layout_charge
+        from runtime.kvcache import KVLayout
         from runtime.memory import minimum_budget
+        from runtime.model import SMALLEST_AUTO_CONTEXT
 
         cfg = self.manifest["config"]
         files = self.manifest.get("files", {})
         dense = files.get("dense.bin", {}).get("size", 0)
         layouts = self._expert_layouts()
-        one = max(layout["bytes"] for layout in layouts)
-        experts = sum(layout["bytes"] for layout in layouts) * cfg["num_experts"]
-        kv = kv_cache_bytes(cfg, cfg["context_length"])
-        floor = kv_cache_bytes(cfg, min(context or SMALLEST_AUTO_CONTEXT, cfg["context_length"]))
-        charge = max(_charge(layout) for layout in layouts)
+        sizes = [array_bytes(layout["arrays"].values()) for layout in layouts]
+        one, experts = max(sizes), sum(sizes) * cfg["num_experts"]
+        # keys and values in float16, as the runtime keeps them whenever memory is short
+        config = ModelConfig.from_dict(cfg)
+        kv = KVLayout.for_model(config, cfg["context_length"], "float16").nbytes()
+        floor_tokens = min(context or SMALLEST_AUTO_CONTEXT, cfg["context_length"])
+        floor = KVLayout.for_model(config, floor_tokens, "float16").nbytes()
+        charge = max(layout_charge(layout) for layout in layouts)
         minimum = minimum_budget(dense_bytes=dense, kv_bytes=floor, charge=charge,
                                  experts_per_tok=cfg["num_experts_per_tok"])
         return {"dense": dense, "experts": experts, "expert": one, "expert_charge": charge, "kv_cache": kv,
-                "kv_tokens": cfg["context_length"], "kv_per_token": kv // cfg["context_length"], "kv_floor": floor,
+                "kv_tokens": cfg["context_length"], "kv_per_token": kv // cfg["context_length"],
+                "kv_floor": floor, "kv_floor_tokens": floor_tokens,
                 "ram": dense + experts + kv, "minimum": minimum}
-
-
-def kv_cache_bytes(cfg: dict, context: int) -> int:
-    """A full KV cache of `context` tokens, as runtime/kvcache.py lays it out: every position of
-    a global layer, window + window/16 - 1 rows of a sliding one, float16."""
-    window = cfg.get("sliding_window") or 0
-    rows = [min(context, max(window, window + max(1, window // 16) - 1)) if sliding else context
-            for sliding in cfg.get("sliding_layers") or [False] * cfg["num_layers"]]
-    return sum(rows) * 2 * cfg["num_kv_heads"] * cfg["head_dim"] * KV_ITEMSIZE
-
-
-def _charge(layout: dict) -> int:
-    """What the runtime charges for one expert session of a layer with this layout."""
-    from runtime.memory import expert_charge
-
-    return expert_charge([(fmt, _array_bytes(a for key, a in layout["arrays"].items() if key.startswith(matrix + ".")))
-                          for matrix, fmt in layout["formats"].items()])
-
-
-def _prod(shape) -> int:
-    out = 1
-    for n in shape:
-        out *= int(n)
-    return out
-
-
-def _array_bytes(arrays) -> int:
-    return sum(_ITEMSIZE.get(a["dtype"], 4) * _prod(a["shape"]) for a in arrays)
 
 
 FORMAT_NAMES = {"q4b32": "4-bit, blocks of 32 (Q4_0)", "q4b32m": "4-bit with mins, blocks of 32 (Q4_K, Q4_1)",
@@ -256,7 +234,7 @@ def show_command(
               f"  all in RAM          {human_bytes(memory['ram'])} (dense {human_bytes(memory['dense'])} + experts "
               f"{human_bytes(memory['experts'])} + the full KV cache)",
               f"  smallest budget     {human_bytes(memory['minimum'])} (the process, dense weights, KV cache of "
-              f"{min(SMALLEST_AUTO_CONTEXT, memory['kv_tokens'])} tokens, {cfg['num_experts_per_tok']} experts of one "
+              f"{memory['kv_floor_tokens']} tokens, {cfg['num_experts_per_tok']} experts of one "
               f"layer, headroom); experts beyond it stay on disk: stchat ask -m {model.name} --memory SIZE (without "
               f"--context the context grows to what the budget holds)"]
     print("\n".join(lines))
