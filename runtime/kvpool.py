@@ -9,11 +9,12 @@ reply (a model's own tokens are not always the tokenizer's canonical split of th
 A request goes to the slot sharing the longest token prefix with it. A request that shares
 little with every slot starts a new one while there is room, else takes the least recently
 used slot. Caches are never freed, so the pool's memory is fixed once its slots exist. Each
-cache is counted at its full size: ONNX Runtime's attention makes much more of a buffer
-resident than the positions written (measured on the 4B, 4096 positions: half of every
-layer's key and value buffers after a 1-token prefill), so the fill-based charge of
-`Model._charge_kv` would undercount (a 1 GiB 4B server reached 1027 MiB). Each cache is charged
-in full when created, and only as many exist as `byte_limit` holds at full size. Not thread-safe: one generation at a time uses it.
+cache is charged at its full size when created, and only as many exist as `byte_limit` holds
+at full size. (This was a workaround for a 1 GiB 4B server that reached 1027 MiB: a fresh cache
+made far more resident than the fill-based charge of `Model._charge_kv` counted. The cause was
+numpy's transparent huge pages on the KV buffers, since fixed in `kvcache.lazy_zeros`, so the
+fill-based charge would now do; the full charge stays until measured again.) Not thread-safe:
+one generation at a time uses it.
 """
 from __future__ import annotations
 
