@@ -30,7 +30,7 @@ def _placeholder(name: str, dtype: int, dims: list[int]) -> TensorProto:
 
 
 def _inline(name: str, array) -> TensorProto:
-    """A small constant stored in the graph itself (shapes, axes, zero points)."""
+    """A small constant stored in the graph itself (shapes, axes)."""
     return numpy_helper.from_array(array, name)
 
 
@@ -39,6 +39,7 @@ def _matmul(prefix: str, x: str, out: str, n: int, k: int, fmt: QuantFormat, acc
     y[..., n] = x[..., k] @ W^T, W stored in `fmt` (runtime/quant.py):
       MatMulNBits(x; qweight, scales)                                  zero point 2^(bits-1)
       "m" formats also: - Gemm(ReduceSum(x as [rows, k/block, block]), mins, transB)   the mins
+    The block sums are named after `x` and the block, so matmuls of one input share them (`_add`).
     """
     inits = [_placeholder(f"{prefix}.{suffix}", TensorProto.UINT8 if dtype == "uint8" else TensorProto.FLOAT, shape)
              for suffix, (dtype, shape) in fmt.arrays(n, k).items()]
@@ -52,14 +53,15 @@ def _matmul(prefix: str, x: str, out: str, n: int, k: int, fmt: QuantFormat, acc
         accuracy_level=accuracy_level,  # 4: int8 activations (fast), 0: fp32 (exact)
     )]
     if fmt.mins:
-        shape = _inline(f"{prefix}.block_shape", np.array([-1, blocks, fmt.block], np.int64))
-        axes = _inline(f"{prefix}.block_axes", np.array([-1], np.int64))
+        shape = _inline(f"block_shape.{blocks}x{fmt.block}", np.array([-1, blocks, fmt.block], np.int64))
+        axes = _inline("block_axes", np.array([-1], np.int64))
         inits += [shape, axes]
+        sums = f"{x}.block_sums{fmt.block}"
         nodes += [
-            helper.make_node("Reshape", [x, shape.name], [f"{prefix}.x_blocks"], name=f"{prefix}/Reshape"),
-            helper.make_node("ReduceSum", [f"{prefix}.x_blocks", axes.name], [f"{prefix}.x_sums"],
-                             name=f"{prefix}/ReduceSum", keepdims=0),          # [rows, k/block]
-            helper.make_node("Gemm", [f"{prefix}.x_sums", inits[2].name], [f"{prefix}.min_term"],
+            helper.make_node("Reshape", [x, shape.name], [f"{x}.blocks{fmt.block}"], name=f"{sums}/Reshape"),
+            helper.make_node("ReduceSum", [f"{x}.blocks{fmt.block}", axes.name], [sums],
+                             name=f"{sums}/ReduceSum", keepdims=0),            # [rows, k/block]
+            helper.make_node("Gemm", [sums, inits[2].name], [f"{prefix}.min_term"],
                              name=f"{prefix}/Gemm", transB=1),                 # [rows, n]
             helper.make_node("Sub", [product, f"{prefix}.min_term"], [out], name=f"{prefix}/Sub"),
         ]
@@ -114,10 +116,12 @@ def _model(nodes, inits, inputs, outputs, name: str) -> bytes:
 
 
 def _add(nodes: list, inits: list, part) -> None:
-    """Append a builder's (node or nodes, initializers) to a graph under construction."""
+    """Append a builder's (node or nodes, initializers) to a graph under construction, less the
+    nodes whose outputs the graph already computes and the initializers it already has."""
     built, tensors = part
-    nodes.extend(built if isinstance(built, list) else [built])
-    inits.extend(tensors)
+    made, named = {out for node in nodes for out in node.output}, {t.name for t in inits}
+    nodes.extend(node for node in (built if isinstance(built, list) else [built]) if not set(node.output) <= made)
+    inits.extend(t for t in tensors if t.name not in named)
 
 
 def _qkv(p: str, cfg: ModelConfig, formats: dict, accuracy_level: int):
