@@ -53,10 +53,14 @@ class ChatSession:
                 return known_ids + self._encode(text[len(known_text):])
         return self._encode(text)
 
+    def _reserve(self) -> int:
+        """Room kept for the answer when older turns must be dropped to fit a prompt."""
+        return min(self.max_tokens, self.cache.capacity // 4)
+
     def _fit(self) -> tuple[list[int], str | None]:
         """Prompt ids that leave room to answer, dropping the oldest turns when needed."""
         capacity = self.cache.capacity
-        reserve = min(self.max_tokens, capacity // 4)
+        reserve = self._reserve()
         dropped = 0
         while True:
             ids = self.prompt_ids()
@@ -102,7 +106,7 @@ class ChatSession:
             ids = self.prompt_ids()[:-1]
         finally:
             self.messages.pop()
-        if len(ids) + min(self.max_tokens, self.cache.capacity // 4) > self.cache.capacity:
+        if len(ids) + self._reserve() > self.cache.capacity:
             return 0  # send would drop turns first, and so build another prompt
         done = self.cache.trim(self.cache.common_prefix(ids))
         while done < len(ids) and not cancelled():
