@@ -22,8 +22,8 @@ from .errors import BudgetTooSmall, BundleError, InvalidContext
 from .experts import ExpertStore, layer_charges, warm_order
 from .graphs import set_accuracy_level, with_kv_cache
 from .kvcache import KV_DTYPES, KVCache, KVLayout
-from .memory import (allocator_headroom, configure_allocator, default_budget, format_bytes, minimum_budget,
-                     process_rss, trim_heap, trim_slack)
+from .memory import (PROCESS_BASELINE, allocator_headroom, configure_allocator, default_budget, format_bytes,
+                     minimum_budget, process_rss, trim_heap, trim_slack)
 from .sessions import init_thread_pool, initializer_names, make_session
 from .template import DEFAULT_CHATML
 
@@ -97,16 +97,18 @@ class Model:
         return (self.bundle.path / "dense.bin").stat().st_size + self.kv_bytes()
 
     def _auto_kv_dtype(self) -> str:
-        """float16 halves the KV cache, but ONNX Runtime's CPU attention reads it about 2x slower
-        than float32 (it converts every key and value on each step; benchmarks/KV-CACHE.md). So
-        float32 when the budget holds the whole model with a float32 cache of the full context,
-        float16 when memory is short (then every byte saved is room for experts or context)."""
+        """float32 whenever the budget can run the model with a float32 cache of the context
+        asked for (or SMALLEST_AUTO_CONTEXT): ONNX Runtime's CPU attention reads float16 about 2x
+        slower (it converts every key and value on each step; benchmarks/KV-CACHE.md), and it
+        writes a float16 buffer whole on its first call, so only a float32 cache costs memory as
+        it fills (`_charge_kv`). float16 when memory is too short for that."""
         cfg = self.config
-        float32_cache = KVLayout.for_model(cfg, self.max_context, "float32").nbytes()
-        everything = ((self.bundle.path / "dense.bin").stat().st_size + float32_cache
-                      + sum(layer_charges(self.bundle)) * cfg.num_experts)
-        room = self.memory_budget - allocator_headroom(self.memory_budget) - process_rss()
-        return "float32" if room >= 1.25 * everything else "float16"
+        floor = self.context_asked or min(SMALLEST_AUTO_CONTEXT, cfg.context_length)
+        needed = minimum_budget(dense_bytes=(self.bundle.path / "dense.bin").stat().st_size,
+                                kv_bytes=KVLayout.for_model(cfg, floor, "float32").nbytes(),
+                                charge=max(layer_charges(self.bundle)), experts_per_tok=cfg.num_experts_per_tok)
+        larger = max(0, process_rss() - PROCESS_BASELINE)  # than the minimum assumes, before the model
+        return "float32" if self.memory_budget - larger >= needed else "float16"
 
     def kv_layout(self, capacity: int | None = None) -> KVLayout:
         return KVLayout.for_model(self.config, capacity or self.max_context, self.kv_dtype)
@@ -119,8 +121,8 @@ class Model:
         """Bytes left for expert sessions and the KV cache as it fills. The minimum budget
         (`memory.minimum_budget`, the figure `stchat show` gives too) counts a full float16 KV
         cache of the context asked for; with none asked, of min(SMALLEST_AUTO_CONTEXT, trained
-        length), and the context is then the longest (up to the trained length) that the budget
-        holds."""
+        length), and the context is then the longest (up to the trained length) whose full cache
+        takes at most a quarter of the room for experts and KV."""
         cfg = self.config
         k = cfg.num_experts_per_tok
         charge = max(layer_charges(self.bundle))
@@ -143,8 +145,8 @@ class Model:
             if short > 0:  # a process larger than the minimum assumes (PROCESS_BASELINE)
                 raise BudgetTooSmall(f"{too_small} in this process, which holds {format_bytes(rss)} with the model "
                                      f"loaded: it needs {format_bytes(short)} more")
-            if self.context_asked is None:
-                self.max_context = self._longest_context(room - k * charge, floor)
+            if self.context_asked is None:  # a quarter of the room at most: the rest is for experts
+                self.max_context = self._longest_context((room - k * charge) // 4, floor)
             self._room_for_experts_and_kv = room
         self.measured_resident = resident_without_kv + self.kv_bytes()
         return self._room_for_experts_and_kv  # no KV cache written yet
@@ -163,11 +165,15 @@ class Model:
     def _charge_kv(self, cache: KVCache, positions: int) -> None:
         """Pay for a KV cache as it fills. Its buffers are allocated zeroed and untouched pages
         cost no RAM, so until a conversation grows long the experts may use that room (the
-        4B's full 32768-token cache is 1 GiB in float16). Written pages stay resident after a
-        trim, so each live cache is charged its high-water mark."""
+        4B's full 32768-token cache is 2 GiB in float32). Written pages stay resident after a
+        trim, so each live cache is charged its high-water mark. A float16 cache is charged in
+        full at once: ONNX Runtime 1.32's CPU attention writes every position of a float16
+        buffer on its first call (measured: a fresh 13056-token 4B cache, 408 MiB, all resident
+        after one token; float32 buffers only where tokens go)."""
         if positions <= cache.high_water:
             return
-        cache.high_water = min(cache.capacity, -(-positions // KV_GRANULE) * KV_GRANULE)
+        filled = cache.capacity if cache.layout.dtype == "float16" else -(-positions // KV_GRANULE) * KV_GRANULE
+        cache.high_water = min(cache.capacity, filled)
         if self._room_for_experts_and_kv is not None:
             kv_in_use = sum(c.layout.nbytes(c.high_water) for c in self._kv_caches)
             self.experts.set_budget(self._room_for_experts_and_kv - kv_in_use)
