@@ -23,6 +23,9 @@ import psutil
 # each including the fixed part below)...
 EXPERT_SESSION_FACTORS = {"q4b32": 1.4, "q4b32m": 1.35, "q8b32": 1.2, "q8b16": 1.38, "q8b32m": 1.22}
 EXPERT_SESSION_FACTOR = 1.45       # ...and for any other format
+# At accuracy level 1 (fp32 activations) 4-bit packing only reorders nibbles: q4b32 measured
+# 1.04x raw per session after malloc_trim, the fixed part below included
+LEVEL1_SESSION_FACTORS = {"q4b32": 0.9}
 EXPERT_SESSION_FIXED = 300 << 10   # ...plus this per session (graph, kernels, plans)
 HEADROOM_FLOOR = 80 << 20        # the least of the budget kept free of accounted memory
 # The process before any model: Python, numpy, ONNX Runtime, tokenizers measured 72 MiB RSS
@@ -79,9 +82,10 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
-def expert_charge(matrices) -> int:
+def expert_charge(matrices, accuracy_level: int = 4) -> int:
     """Resident bytes of one expert session: `matrices` is [(QuantFormat or its name, raw bytes)]."""
-    return int(sum(EXPERT_SESSION_FACTORS.get(getattr(fmt, "name", fmt), EXPERT_SESSION_FACTOR) * raw
+    factors = LEVEL1_SESSION_FACTORS if accuracy_level == 1 else EXPERT_SESSION_FACTORS
+    return int(sum(factors.get(getattr(fmt, "name", fmt), EXPERT_SESSION_FACTOR) * raw
                    for fmt, raw in matrices)) \
         + EXPERT_SESSION_FIXED
 

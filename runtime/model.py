@@ -19,7 +19,7 @@ from . import quant
 from .bundle import Bundle
 from .decode import DecodeBuffers, bind_cache, decode_step
 from .errors import BudgetTooSmall, BundleError, InvalidContext
-from .experts import ExpertStore, layer_charges, warm_order
+from .experts import ExpertStore, layer_charges, session_level, warm_order
 from .graphs import set_accuracy_level, with_kv_cache
 from .kvcache import KV_DTYPES, KVCache, KVLayout
 from .memory import (PROCESS_BASELINE, allocator_headroom, configure_allocator, default_budget, format_bytes,
@@ -83,8 +83,17 @@ class Model:
             bundle.release_pages()
         trim_heap()
         self._kv_caches: weakref.WeakSet[KVCache] = weakref.WeakSet()  # live ones, charged as they fill
-        expert_graphs = {name: self._graph(name) for name in {bundle.expert_graph_name(i) for i in range(cfg.num_layers)}}
-        self.experts = ExpertStore(bundle, expert_graphs, self._expert_budget(self.memory_budget))
+        room = self._expert_budget(self.memory_budget)
+        # offloading (the budget cannot hold every expert session): Q4_0 experts built lean
+        offloading = room is not None and room < sum(layer_charges(bundle)) * cfg.num_experts
+        self.expert_levels = {key: session_level(bundle.expert_layouts[key], accuracy_level, offloading)
+                              for key in set(bundle.layer_layouts)}
+        expert_graphs = {}
+        for layer, key in enumerate(bundle.layer_layouts):
+            name = bundle.expert_graph_name(layer)
+            level = self.expert_levels[key]
+            expert_graphs[name] = bundle.graph(name) if level == 4 else set_accuracy_level(bundle.graph(name), level)
+        self.experts = ExpertStore(bundle, expert_graphs, room, self.expert_levels)
         self.decode_buffers = DecodeBuffers(cfg.hidden_size, cfg.num_experts)
 
     # -- construction -------------------------------------------------------------------

@@ -164,3 +164,40 @@ def test_logits_size_their_own_cache_beyond_the_model_context():
 def test_keys_and_values_are_float32_when_the_model_fits():
     roomy = runtime.load(bundle("21b"))  # a share of this machine's memory: far more than needed
     assert roomy.kv_dtype == "float32"  # float16 when memory is short: tests/test_memory_budget.py
+
+
+def _offloading(layout):
+    """The model loaded with the largest budget (in 1 MiB steps from the minimum this process
+    can run it in) that cannot hold every expert session at accuracy level 4."""
+    from runtime.errors import BudgetTooSmall
+    from runtime.experts import layer_charges
+    from runtime.memory import PROCESS_BASELINE, process_rss
+
+    path = bundle(layout)
+    probe = model(layout)
+    everything = sum(layer_charges(probe.bundle)) * probe.config.num_experts
+    budget = probe.minimum_budget + process_rss() - PROCESS_BASELINE + everything
+    while True:
+        try:
+            tight = runtime.load(path, memory_budget=budget)
+        except BudgetTooSmall:
+            pytest.fail("no budget between the minimum and the whole model offloads experts")
+        if tight.experts.cache.budget < everything:
+            return tight
+        budget -= 1 << 20
+
+
+def test_offloaded_q4_0_experts_are_built_lean_with_fp32_activations(layout):
+    # when experts come and go, a miss costs a session build: Q4_0 experts are then built at
+    # accuracy level 1 (cheaper to build, 1.04x their bytes against 1.44x), which computes with
+    # fp32 activations: the same expert outputs as level 0 to float rounding
+    tight = _offloading(layout)
+    assert set(tight.expert_levels.values()) == {1}
+    assert set(model(layout).expert_levels.values()) == {4}  # the whole model fits: level 4
+    exact = model(layout, accuracy_level=0)
+    h = np.random.default_rng(0).standard_normal((5, tight.config.hidden_size)).astype(np.float32)
+    for expert in range(tight.config.num_experts):
+        want = exact.experts.run(1, expert, h)
+        np.testing.assert_allclose(tight.experts.run(1, expert, h), want, atol=1e-5 * np.abs(want).max(), rtol=0)
+    assert tight.experts.charge < model(layout).experts.charge
+    tight.close()
