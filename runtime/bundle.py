@@ -32,6 +32,20 @@ def _align(offset: int) -> int:
     return (offset + ALIGN - 1) // ALIGN * ALIGN
 
 
+def _open_direct(path: Path) -> int | None:
+    """A descriptor that reads without the page cache, or None (no O_DIRECT here, or a file
+    system such as tmpfs that refuses it)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except (AttributeError, OSError):
+        return None
+
+
+def read_buffer(nbytes: int) -> np.ndarray:
+    """uint8 [nbytes] on page boundaries, as direct reads need (an anonymous mapping)."""
+    return np.frombuffer(mmap.mmap(-1, nbytes), np.uint8)
+
+
 def expert_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
     H, F = cfg.hidden_size, cfg.expert_ffn_size
     return {"gate": (F, H), "up": (F, H), "down": (H, F)}  # [out, in]
@@ -205,6 +219,7 @@ class Bundle:
         self._dense = np.memmap(self.path / "dense.bin", dtype=np.uint8, mode="r")
         self._experts = np.memmap(self.path / "experts.bin", dtype=np.uint8, mode="r")
         self._experts_fd = os.open(self.path / "experts.bin", os.O_RDONLY)
+        self._experts_direct_fd = _open_direct(self.path / "experts.bin")  # None where unsupported
         self._dense_fd = os.open(self.path / "dense.bin", os.O_RDONLY)
         experts = self.manifest["experts"]
         self.expert_stride = experts["stride"]
@@ -260,12 +275,19 @@ class Bundle:
         base = self.expert_offset(layer, expert)
         return {name: self._view(self._experts, base, spec) for name, spec in self._expert_arrays(layer).items()}
 
-    def read_expert(self, layer: int, expert: int, buffer: np.ndarray) -> dict[str, np.ndarray]:
-        """Like `expert`, but read with one pread into `buffer` (uint8 [stride]), not mapped:
-        the file's pages then never count in this process's resident memory."""
+    def read_expert(self, layer: int, expert: int, buffer: np.ndarray, direct: bool = False) -> dict[str, np.ndarray]:
+        """Like `expert`, but read with one pread into `buffer` (uint8 [stride], from
+        `read_buffer`), not mapped: the file's pages then never count in this process's resident
+        memory. `direct`: bypass the page cache (O_DIRECT) where the file system allows it, for
+        a model that does not fit in memory: under a memory cgroup the page cache counts against
+        the cap, and buffered reads of experts that are soon evicted cost reclaim and readahead
+        (full-size 4B in 1 GiB: decode 0.74 -> 1.05 and 1.04 -> 1.37 tok/s, alternating runs)."""
         size = self.expert_record_bytes(layer)
-        got = os.preadv(self._experts_fd, [memoryview(buffer[:size])], self.expert_offset(layer, expert))
-        if got != size:
+        fd, length = self._experts_fd, size
+        if direct and self._experts_direct_fd is not None:   # whole 4 KiB blocks, within the record's stride
+            fd, length = self._experts_direct_fd, -(-size // ALIGN) * ALIGN
+        got = os.preadv(fd, [memoryview(buffer[:length])], self.expert_offset(layer, expert))
+        if got < size:
             raise BundleError(f"{self.path / 'experts.bin'}: short read for layers.{layer}/experts.{expert}")
         self.check_expert(layer, expert, buffer[:size])
         return {name: self._view(buffer, 0, spec) for name, spec in self._expert_arrays(layer).items()}
@@ -313,9 +335,9 @@ class Bundle:
             mapping.madvise(mmap.MADV_DONTNEED)
 
     def close(self) -> None:
-        for attribute in ("_experts_fd", "_dense_fd"):
+        for attribute in ("_experts_fd", "_experts_direct_fd", "_dense_fd"):
             fd = getattr(self, attribute, -1)
-            if fd >= 0:
+            if fd is not None and fd >= 0:
                 os.close(fd)
                 setattr(self, attribute, -1)
 

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import Bundle, array_bytes
+from .bundle import Bundle, array_bytes, read_buffer
 from .decode import expert_binding
 from .expert_cache import ExpertCache
 from .expert_loader import ExpertLoader
@@ -65,15 +65,17 @@ def layer_charges(bundle: Bundle, levels: dict[str, int] | None = None) -> list[
 
 class ExpertStore:
     def __init__(self, bundle: Bundle, graphs: dict[str, bytes], budget_bytes: int | None = None,
-                 levels: dict[str, int] | None = None):
+                 levels: dict[str, int] | None = None, offloading: bool = False):
         """`graphs`: expert graph name -> graph bytes (`bundle.expert_graph_name(layer)`), built
-        at `levels` (layout key -> accuracy level, for the charges; default 4)."""
+        at `levels` (layout key -> accuracy level, for the charges; default 4). `offloading`:
+        the budget cannot hold every expert, so they come and go."""
         self.bundle = bundle
         self.graphs = [graphs[bundle.expert_graph_name(layer)] for layer in range(bundle.config.num_layers)]
         self.layer_bytes = [array_bytes(bundle.expert_layouts[key]["arrays"].values())  # raw bytes per expert
                             for key in bundle.layer_layouts]
         self.expert_bytes = max(self.layer_bytes)
         self.charges = layer_charges(bundle, levels)  # resident bytes per session, by layer
+        self.offloading = offloading  # reads bypass the page cache (Bundle.read_expert)
         self.charge = max(self.charges)
         # how often the router asked for each expert since load (per layer call, not per token):
         # saved between runs by the application, it orders `warm`
@@ -85,14 +87,14 @@ class ExpertStore:
         self._layer_keys: list[tuple[int, int]] = []  # the experts the current layer asked for
         self._read_buffers: queue.Queue = queue.Queue()  # one being read, one queued, one being built
         for _ in range(3):
-            self._read_buffers.put(np.empty(bundle.expert_stride, np.uint8))
+            self._read_buffers.put(read_buffer(bundle.expert_stride))
         self.loader = ExpertLoader(self._build_read, read=self._read)
 
     def _scratch(self) -> np.ndarray:
         """A per-thread read buffer: ONNX Runtime prepacks the weights, then never reads it again."""
         buffer = getattr(self._local, "buffer", None)
         if buffer is None:
-            buffer = self._local.buffer = np.empty(self.bundle.expert_stride, np.uint8)
+            buffer = self._local.buffer = read_buffer(self.bundle.expert_stride)
         return buffer
 
     def _build_here(self, key: tuple[int, int]) -> ort.InferenceSession:
@@ -103,7 +105,7 @@ class ExpertStore:
 
     def _read_into(self, key: tuple[int, int], buffer: np.ndarray) -> dict[str, np.ndarray]:
         started = time.perf_counter()
-        arrays = self.bundle.read_expert(*key, buffer)
+        arrays = self.bundle.read_expert(*key, buffer, direct=self.offloading)
         self.cache.stats.load_seconds += time.perf_counter() - started
         return arrays
 

@@ -93,7 +93,7 @@ class Model:
             name = bundle.expert_graph_name(layer)
             level = self.expert_levels[key]
             expert_graphs[name] = bundle.graph(name) if level == 4 else set_accuracy_level(bundle.graph(name), level)
-        self.experts = ExpertStore(bundle, expert_graphs, room, self.expert_levels)
+        self.experts = ExpertStore(bundle, expert_graphs, room, self.expert_levels, offloading)
         self.decode_buffers = DecodeBuffers(cfg.hidden_size, cfg.num_experts)
 
     # -- construction -------------------------------------------------------------------

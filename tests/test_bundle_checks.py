@@ -49,3 +49,39 @@ def test_bundles_without_crc32s_still_load(bundle_copy):
     bundle = Bundle(bundle_copy)
     assert bundle.expert_crc32 is None
     bundle.read_expert(1, 2, np.empty(bundle.expert_stride, np.uint8))
+
+
+def _cached_pages(path) -> int:
+    """Pages of `path` in the page cache, as util-linux's fincore counts them."""
+    import subprocess
+
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "PAGES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_direct_expert_reads_give_the_same_bytes_and_leave_the_page_cache_alone(bundle_copy, direct):
+    # a model offloading experts reads them with O_DIRECT: under a memory cgroup the page cache
+    # counts against the cap, so buffered reads of experts soon evicted cost reclaim
+    import os
+
+    from runtime.bundle import read_buffer
+
+    if shutil.which("fincore") is None:
+        pytest.skip("not Linux: needs util-linux's fincore")
+    bundle = Bundle(bundle_copy)
+    assert bundle._experts_direct_fd is not None, "the test's file system refuses O_DIRECT"
+    experts = bundle_copy / "experts.bin"
+    with open(experts, "rb") as file:
+        os.fsync(file.fileno())
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    assert _cached_pages(experts) == 0
+    cfg, buffer = bundle.config, read_buffer(bundle.expert_stride)
+    keys = [(layer, expert) for layer in range(cfg.num_layers) for expert in range(cfg.num_experts)]
+    read = {key: {name: array.copy() for name, array in bundle.read_expert(*key, buffer, direct=direct).items()}
+            for key in keys}   # each record's crc32 is checked inside
+    assert (_cached_pages(experts) == 0) == direct
+    for key in keys:
+        for name, array in bundle.read_expert(*key, buffer).items():
+            np.testing.assert_array_equal(read[key][name], array)

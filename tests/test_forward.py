@@ -194,6 +194,7 @@ def test_offloaded_q4_0_experts_are_built_lean_with_fp32_activations(layout):
     tight = _offloading(layout)
     assert set(tight.expert_levels.values()) == {1}
     assert set(model(layout).expert_levels.values()) == {4}  # the whole model fits: level 4
+    assert tight.experts.offloading and not model(layout).experts.offloading  # direct reads or not
     exact = model(layout, accuracy_level=0)
     h = np.random.default_rng(0).standard_normal((5, tight.config.hidden_size)).astype(np.float32)
     for expert in range(tight.config.num_experts):
