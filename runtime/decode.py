@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from .routing import gate_weights, prefer_resident, top_k
+
 
 class DecodeBuffers:
     """Model-level buffers of the one-token step and their OrtValue aliases."""
@@ -84,12 +86,12 @@ def decode_step(model, token: int, cache) -> np.ndarray:
     k = cfg.num_experts_per_tok
     for layer in range(cfg.num_layers):
         logits = np.matmul(buffers.x[0], model.routers[layer], out=buffers.router_logits)[0]  # [E]
-        chosen = np.argpartition(logits, -k)[-k:]
+        chosen = top_k(logits, k)
+        if model.fast_routing:
+            chosen = prefer_resident(logits, chosen, model.experts.resident_mask(layer), model.fast_routing)
         model.experts.prefetch(layer, chosen)
         model.attention[layer].run_with_iobinding(bindings[layer])
-        top = logits[chosen].astype(np.float64)
-        gates = np.exp(top - top.max()) if cfg.router_softmax else 1.0 / (1.0 + np.exp(-top))
-        gates = gates / gates.sum()
+        gates = gate_weights(logits[chosen], cfg.router_softmax)
         buffers.acc.fill(0.0)
         for expert, gate in zip(chosen, gates):
             model.experts.run_bound(layer, int(expert), buffers)

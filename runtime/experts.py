@@ -195,6 +195,10 @@ class ExpertStore:
             if self.cache.get(key) is None:
                 self.loader.request(key)
 
+    def resident_mask(self, layer: int) -> np.ndarray:
+        """bool [E]: which of `layer`'s experts have a session built now."""
+        return np.fromiter((self.cache.peek((layer, e)) for e in range(self.bundle.config.num_experts)), bool)
+
     def warm(self, order, cancelled=lambda: False) -> int:
         """Build the experts of `order` ((layer, expert) keys, hottest first) on the calling thread
         while they fit in the free part of the budget, until `cancelled()`; never evicts. For

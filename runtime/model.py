@@ -24,6 +24,7 @@ from .graphs import set_accuracy_level, with_kv_cache
 from .kvcache import KV_DTYPES, KVCache, KVLayout
 from .memory import (PROCESS_BASELINE, allocator_headroom, configure_allocator, default_budget, format_bytes,
                      minimum_budget, process_rss, trim_heap, trim_slack)
+from .routing import gate_weights, prefer_resident
 from .sessions import init_thread_pool, initializer_names, make_session
 from .template import DEFAULT_CHATML
 
@@ -40,7 +41,8 @@ def rope_tables(positions: int, head_dim: int, theta: float) -> tuple[np.ndarray
 
 class Model:
     def __init__(self, bundle: Bundle, *, threads: int | None = None, accuracy_level: int = 4,
-                 context: int | None = None, memory_budget: int | None = None, kv_dtype: str = "auto"):
+                 context: int | None = None, memory_budget: int | None = None, kv_dtype: str = "auto",
+                 fast_routing: float = 0.0):
         configure_allocator()
         self.bundle = bundle
         self.config = cfg = bundle.config
@@ -51,6 +53,9 @@ class Model:
             raise ValueError(f"kv_dtype must be auto or one of {sorted(KV_DTYPES)}, not {kv_dtype!r}")
         self.threads = init_thread_pool(threads)
         self.accuracy_level = accuracy_level
+        if fast_routing < 0:
+            raise ValueError(f"fast routing takes a tolerance >= 0 (0: off), not {fast_routing}")
+        self.fast_routing = fast_routing  # router-score tolerance for resident experts (runtime/routing.py)
         self.context_asked = context
         self.max_context = context or cfg.context_length  # the budget may lower it (_expert_budget)
         self.memory_budget = memory_budget if memory_budget is not None else default_budget()
@@ -219,12 +224,11 @@ class Model:
         cfg = self.config
         logits = x @ self.routers[layer]                                     # [S, E]
         top = np.argpartition(-logits, cfg.num_experts_per_tok - 1, axis=-1)[:, :cfg.num_experts_per_tok]
+        if self.fast_routing:
+            resident = self.experts.resident_mask(layer)
+            top = np.stack([prefer_resident(row, chosen, resident, self.fast_routing) for row, chosen in zip(logits, top)])
         top_logits = np.take_along_axis(logits, top, axis=-1)                # [S, A]
-        if cfg.router_softmax:
-            weights = np.exp(top_logits - top_logits.max(-1, keepdims=True))
-        else:
-            weights = 1.0 / (1.0 + np.exp(-top_logits))
-        return top, (weights / weights.sum(-1, keepdims=True)).astype(np.float32)
+        return top, gate_weights(top_logits, cfg.router_softmax).astype(np.float32)
 
     def _attend(self, layer: int, x: np.ndarray, cache: KVCache, total: int) -> tuple[np.ndarray, np.ndarray]:
         session = self.attention[layer]
@@ -312,13 +316,17 @@ class Model:
 
 
 def load(bundle: str | Path, *, memory_budget: int | None = None, threads: int | None = None,
-         accuracy_level: int = 4, context: int | None = None, kv_dtype: str = "auto") -> Model:
+         accuracy_level: int = 4, context: int | None = None, kv_dtype: str = "auto",
+         fast_routing: float = 0.0) -> Model:
     """Open a bundle directory and build its sessions.
 
     `memory_budget` bounds the process's resident memory in bytes; None means a share of the
     memory available now (`runtime.memory.DEFAULT_SHARE`). Experts beyond it stay on disk.
     `context` is the most tokens a sequence may hold; None: the trained length, or the longest
     the budget holds. `kv_dtype` stores keys and values in "float16" or "float32"; "auto":
-    float32 when the budget holds the whole model with it, else float16 (`_auto_kv_dtype`)."""
+    float32 when the budget holds the whole model with it, else float16 (`_auto_kv_dtype`).
+    `fast_routing` > 0 lets the router prefer resident experts among near-tied scores (within
+    that many standard deviations of a token's router scores; `runtime/routing.py`): fewer
+    expert loads when offloading, at a measured cost in fidelity. 0, the default, is exact."""
     return Model(Bundle(bundle), threads=threads, accuracy_level=accuracy_level, context=context,
-                 memory_budget=memory_budget, kv_dtype=kv_dtype)
+                 memory_budget=memory_budget, kv_dtype=kv_dtype, fast_routing=fast_routing)

@@ -71,6 +71,11 @@ def overflow_message(needed: int, capacity: int, trained: int) -> str:
     return f"the prompt is {needed} tokens, more than the context of {capacity}: {advice}"
 
 
+FAST_ROUTING_HELP = ("Let the router prefer experts already in memory among near-tied scores (within "
+                     "TOLERANCE standard deviations; try 0.5): fewer expert loads when the model does not fit "
+                     "in memory, answers no longer exactly the model's. 0 (default): exact.")
+
+
 @dataclass
 class AskRequest:
     """Everything `ask` needs, gathered from the command line."""
@@ -83,6 +88,7 @@ class AskRequest:
     threads: int | None = None
     memory: int | None = None
     context: int | None = None
+    fast_routing: float = 0.0
     json_output: bool = False
     verbose: bool = False
 
@@ -179,7 +185,7 @@ def ask(request: AskRequest, stdin: TextIO | None, out: TextIO, err: TextIO) -> 
         started = time.perf_counter()
         try:
             model = runtime.load(resolved.path, memory_budget=request.memory, threads=request.threads,
-                                 context=request.context)
+                                 context=request.context, fast_routing=request.fast_routing)
         except runtime.InvalidContext as error:
             raise UsageError(f"--context: {error}") from None
         load_seconds = time.perf_counter() - started
@@ -254,6 +260,8 @@ def ask_command(
     context: Annotated[Optional[int], typer.Option(
         "-c", "--context", min=1, metavar="TOKENS", help="Most tokens of prompt and answer together. "
         "Default: $STCHAT_CONTEXT or the model's trained length (less if the memory budget holds less).")] = None,
+    fast_routing: Annotated[float, typer.Option(
+        "--fast-routing", min=0.0, metavar="TOLERANCE", help=FAST_ROUTING_HELP)] = 0.0,
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object (text, token counts, timings, finish reason) at the end.")] = False,
     verbose: Annotated[bool, typer.Option(
@@ -265,7 +273,8 @@ def ask_command(
     request = AskRequest(prompt=prompt, model=model, system=system,
                          sampling={k: v for k, v in chosen.items() if v is not None},
                          max_tokens=max_tokens, threads=threads, memory=memory_budget(memory),
-                         context=context_length(context), json_output=json_output, verbose=verbose)
+                         context=context_length(context), fast_routing=fast_routing,
+                         json_output=json_output, verbose=verbose)
     code = ask(request, sys.stdin, sys.stdout, sys.stderr)
     if code != ExitCode.OK:
         raise typer.Exit(int(code))

@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from stchat.ask import context_length, memory_budget, parse_size
+from stchat.ask import FAST_ROUTING_HELP, context_length, memory_budget, parse_size
 from stchat.exitcodes import ExitCode, UsageError
 
 FIELDS = [  # key, label, format
@@ -148,6 +148,8 @@ def bench_command(
     context: Annotated[Optional[int], typer.Option(
         "-c", "--context", min=1, metavar="TOKENS",
         help="Context to load the model with (default: $STCHAT_CONTEXT or as `ask` would).")] = None,
+    fast_routing: Annotated[float, typer.Option(
+        "--fast-routing", min=0.0, metavar="TOLERANCE", help=FAST_ROUTING_HELP)] = 0.0,
     runs: Annotated[int, typer.Option("--runs", min=1)] = 3,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
@@ -174,7 +176,7 @@ def bench_command(
     if context is not None and context < prompt_tokens + gen_tokens:
         raise UsageError(f"--context {context} cannot hold --prompt-tokens {prompt_tokens} + --gen-tokens {gen_tokens}")
     args = {"memory": memory, "threads": threads, "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens,
-            "context": context}
+            "context": context, "fast_routing": fast_routing}
     results = []
     for index in range(runs):
         log(f"run {index + 1}/{runs} ...")

@@ -22,14 +22,14 @@ def peak_rss() -> int:
 
 
 def measure(bundle: str, memory: int | None, threads: int | None, prompt_tokens: int, gen_tokens: int,
-            context: int | None = None) -> dict:
+            context: int | None = None, fast_routing: float = 0.0) -> dict:
     import numpy as np
 
     import runtime
     from stchat.manage import Installed
 
     started = time.perf_counter()
-    model = runtime.load(bundle, memory_budget=memory, threads=threads, context=context)
+    model = runtime.load(bundle, memory_budget=memory, threads=threads, context=context, fast_routing=fast_routing)
     if model.max_context < prompt_tokens + gen_tokens:
         raise ValueError(f"the context of {model.max_context} tokens cannot hold {prompt_tokens} + {gen_tokens}")
     load_seconds = time.perf_counter() - started
@@ -78,7 +78,8 @@ def main() -> int:
     args = json.loads(sys.argv[2])
     try:
         print(json.dumps(measure(sys.argv[1], args["memory"], args["threads"], args["prompt_tokens"],
-                                 args["gen_tokens"], args.get("context"))))
+                                 args["gen_tokens"], args.get("context"),
+                                 args.get("fast_routing", 0.0))))
     except Exception as error:  # one line for the parent to show
         print(f"stchat: error: {error}", file=sys.stderr)
         return 1
