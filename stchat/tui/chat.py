@@ -124,6 +124,7 @@ class ChatScreen(Screen):
         self._sidebar_chosen: bool | None = None  # Ctrl+L's choice, once made, over the automatic one
         self._started = 0.0
         self._tokens = 0
+        self._drawn_at_cpu: float | None = None  # the UI thread's CPU time at the last draw
 
     # -- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -365,7 +366,7 @@ class ChatScreen(Screen):
         self.messages_view.scroll_end(animate=False)
         self.messages_view.anchor()
         self.stream = Markdown.get_stream(self.streaming_view.markdown)
-        self._started, self._tokens = time.monotonic(), 0
+        self._started, self._tokens, self._drawn_at_cpu = time.monotonic(), 0, None
         feed = self.feed = TextFeed(lambda: self.post_message(ReplyDelta(feed)))
         self.generate(self.app.store.conversation(self.conversation_id), text, regenerate, feed)
 
@@ -474,6 +475,10 @@ class ChatScreen(Screen):
         text, tokens = message.feed.take()
         if message.feed is not self.feed or self.streaming_view is None:
             return  # a reply whose chat has left the screen
+        ui_cpu = time.thread_time()  # this thread's: the last draw, its layout and render, timers
+        if self._drawn_at_cpu is not None:
+            message.feed.pace(ui_cpu - self._drawn_at_cpu)
+        self._drawn_at_cpu = ui_cpu
         self._tokens += tokens
         self.streaming_view.content += text
         if self.stream is not None:

@@ -45,18 +45,32 @@ class TextFeed:
     of `ask`'s speed). The worker `add`s each piece here instead; a `ReplyDelta` is posted only
     when none is waiting and `interval` has passed since the last, and its handler `take`s
     all the text gathered so far. Text added after the last post is drawn with the next one,
-    or by the final render when the reply ends."""
+    or by the final render when the reply ends.
 
-    def __init__(self, post: Callable[[], None], interval: float = 0.1):
-        self._post, self.interval = post, interval
+    A draw (parse, layout of the screen, render) costs the UI thread about as much for one new
+    token as for fifty, 15-20 ms on a long paragraph, so a slow model paid it for nearly every
+    token. The handler reports what each draw cost (`pace`) and the interval stretches so that
+    drawing takes at most `UI_SHARE` of a core, between `MIN_INTERVAL` and `MAX_INTERVAL`."""
+
+    UI_SHARE = 0.04
+    MIN_INTERVAL, MAX_INTERVAL = 0.1, 0.5
+
+    def __init__(self, post: Callable[[], None], interval: float = MIN_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic):
+        self._post, self.interval, self._clock = post, interval, clock
         self._lock = threading.Lock()
         self._pieces: list[str] = []
         self._tokens = 0
         self._waiting = False
         self._last_post = float("-inf")
 
+    def pace(self, ui_seconds: float) -> None:
+        """The UI thread spent `ui_seconds` of CPU since the last draw: space the next posts
+        so that this cost stays under `UI_SHARE` of the time."""
+        self.interval = min(self.MAX_INTERVAL, max(self.MIN_INTERVAL, ui_seconds / self.UI_SHARE))
+
     def add(self, text: str) -> None:
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             self._pieces.append(text)
             self._tokens += 1

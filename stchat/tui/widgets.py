@@ -132,12 +132,19 @@ class StatusBar(Static):
     StatusBar { height: 1; background: $panel; color: $text; padding: 0 1; }
     """
 
+    _shown: Text | None = None
+
     def on_mount(self) -> None:
         self.set_interval(0.5, self.refresh_status)
         self.refresh_status()
 
     def refresh_status(self) -> None:
-        self.update(self.app.status_text(self.size.width - 2 if self.size.width > 2 else None))
+        """Redraw when the text changed: one line of a fixed size, so without a layout of the
+        screen (that made each refresh cost 10-20 ms of UI time while a reply streamed)."""
+        text = self.app.status_text(self.size.width - 2 if self.size.width > 2 else None)
+        if text != self._shown:
+            self._shown = text
+            self.update(text, layout=False)
 
 
 def status_line(*, model_name: str | None, loading: str | None, load_started: float | None, now: float,
