@@ -1,6 +1,8 @@
-"""The help screen (F1, or `?` outside the message box): every key of every screen on one page.
+"""What the app says about itself: the empty chat's introduction and the help screen.
 
-The footer has room for a handful of keys at 80 columns; this is where the rest are found.
+The empty chat shows how to get a first model, or which model will answer and the main keys.
+The help screen (F1, or `?` outside the message box) lists every key of every screen on one
+page: the footer has room for a handful of keys at 80 columns; this is where the rest are found.
 """
 from __future__ import annotations
 
@@ -9,6 +11,43 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
+
+WELCOME = """\
+# Welcome to stchat
+
+No model is installed yet. Download one from a shell:
+
+```sh
+stchat pull 4b
+```
+
+or convert a GGUF file you already have with `stchat ask -m ./model.gguf "hi"`.
+Then open **Models** (F4) to check it is there; this screen picks it up.
+"""
+
+
+KEYS_IN_SHORT = """\
+| key | |
+|---|---|
+| Enter, Ctrl+J | send, new line |
+| Esc | stop the reply being written |
+| Ctrl+N, Ctrl+F | new chat, search chats |
+| F3, F4, F5 | experts, models, settings |
+| F1 | every key |
+"""
+
+
+def introduction(model: str | None, loading: str | None, context: int | None, budget: str) -> str:
+    """The empty chat's text once a model is installed: what will answer, and the main keys."""
+    if loading:
+        state = f"**{loading}** is loading…"
+    elif model:
+        context_text = f", context {context} tokens" if context else ""
+        state = f"**{model}** is ready{context_text}, memory budget {budget}."
+    else:
+        state = "No model is loaded: choose one in Models (F4)."
+    return f"# New chat\n\n{state} Type a message below and press Enter.\n\n{KEYS_IN_SHORT}"
+
 
 KEYS = """\
 # Keys
