@@ -15,7 +15,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
-from textual.worker import get_current_worker
 
 from stchat.models import MODEL_ENV
 from stchat.tui.engine import PullCancelled, describe_error
