@@ -70,3 +70,14 @@ def test_an_edited_draft_trims_to_what_still_matches_and_cancel_stops_between_ch
     again = ChatSession(Counting(m), sampling=GREEDY, max_tokens=6)
     again.prefill_draft(MESSAGE * 4, cancelled=lambda: len(calls.append(1) or calls) > 2, chunk=4)
     assert again.cache.length == 8  # two chunks of 4, then cancelled
+
+
+def test_a_draft_that_cannot_fit_the_context_is_not_prefilled():
+    """The cache stays within its context (and so the memory paid for it): a draft too long for
+    it, with room kept for the answer, computes nothing and leaves the cache as it was."""
+    spy = Counting(model("4b", accuracy_level=0))
+    session = ChatSession(spy, sampling=GREEDY, max_tokens=6, context=32)
+    assert session.prefill_draft("Hi") > 0  # a short one fits
+    held, spy.positions = session.cache.length, 0
+    assert session.prefill_draft(MESSAGE * 4) == 0
+    assert spy.positions == 0 and session.cache.length == held
