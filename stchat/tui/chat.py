@@ -98,8 +98,13 @@ class ChatScreen(StreamingScreen):
         await self.messages_view.mount(Markdown(text, id="welcome"))
 
     def models_changed(self) -> None:
+        self.call_next(self._redraw_empty)
+
+    async def _redraw_empty(self) -> None:
+        """The introduction names the model: redraw it, unless a chat has opened since the
+        redraw was asked for (at start, a load can end while the last chat is opening)."""
         if self.conversation_id is None and not self.generating:
-            self.call_next(self.show_empty)
+            await self.show_empty()
 
     async def open_conversation(self, conversation_id: int | None) -> None:
         """Show a conversation (None: an empty screen for a new one)."""

@@ -481,3 +481,20 @@ async def test_the_draft_is_prefilled_while_typing_and_enter_stops_it(make_app, 
         text, done, _ = engine.drafts[-1]
         assert text == "second!" and done < 500
         assert engine.sessions == [session] and views(screen)[-1][1] == "You said: **second!**"
+
+
+async def test_a_chat_opened_as_the_model_finishes_loading_stays_on_screen(make_app, store):
+    """A load that ends while the screen is empty queues a redraw of the introduction; a chat
+    opened before that redraw runs (at start, the most recent one) must stay on screen. A
+    loaded machine made this happen: the introduction replaced the chat that had opened."""
+    old = store.create_conversation("older chat", model="tiny")
+    store.add_message(old.id, "user", "old question")
+    app = make_app()
+    async with app.run_test() as pilot:
+        screen = await ready(pilot)
+        await screen.open_conversation(None)
+        screen.models_changed()  # what the end of a load does
+        await screen.open_conversation(old.id)  # ...and a chat opens before the redraw
+        await pilot.pause(0.1)
+        assert not screen.query("#welcome")
+        assert [v[1] for v in views(screen)] == ["old question"]
