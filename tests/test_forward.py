@@ -202,3 +202,13 @@ def test_offloaded_q4_0_experts_are_built_lean_with_fp32_activations(layout):
         np.testing.assert_allclose(tight.experts.run(1, expert, h), want, atol=1e-5 * np.abs(want).max(), rtol=0)
     assert tight.experts.charge < model(layout).experts.charge
     tight.close()
+
+
+def test_numpy_blas_keeps_to_one_thread_once_a_model_is_loaded():
+    # OpenBLAS's threads spin after each of the runtime's small matmuls and take the cores from
+    # ONNX Runtime's pool: a full-size 4B prefill ran at half speed with them
+    from threadpoolctl import threadpool_info
+
+    model("4b")
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and all(pool["num_threads"] == 1 for pool in blas)
