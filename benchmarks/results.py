@@ -1,8 +1,10 @@
-"""Regenerates benchmarks/RESULTS.md: every figure issue 3 asks for, from `stchat bench`.
+"""Writes benchmarks/RESULTS-BENCH.md: every figure issue 3 asks for, from `stchat bench`.
 
 One command, this machine's numbers: full-size synthetic 4B and 21B models (random weights,
 real shapes), uniform and skewed routing, in RAM and under memory budgets, each decode
 figure beside the bandwidth-bound limit computed from the bytes one token must read.
+(`RESULTS.md` gathers the project's figures by hand, newest first, starting with `peer.py`'s
+comparison with llama.cpp; this script's table goes to a file of its own.)
 
     python benchmarks/results.py [--runs 3] [--quick]
 
@@ -100,10 +102,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--runs-21b", type=int, default=2, help="21B runs take minutes each")
     parser.add_argument("--quick", action="store_true", help="4B rows only")
-    parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS-BENCH.md")))
     args = parser.parse_args()
     rows = []
-    notes = Path(args.out).with_name("NOTES.md")
     for size, routing, memory in CONFIGS:
         if args.quick and size != "4b":
             continue
@@ -112,7 +113,7 @@ def main() -> int:
         rows.append((size, routing, memory, result, limit))
         print(json.dumps({"model": size, "routing": routing, "memory": memory, **result}), flush=True)
         table = render(rows, args.runs)  # rewritten after every row: an interrupted run keeps its figures
-        Path(args.out).write_text(table + ("\n" + notes.read_text() if notes.is_file() else ""))
+        Path(args.out).write_text(table)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
