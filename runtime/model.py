@@ -322,11 +322,13 @@ def load(bundle: str | Path, *, memory_budget: int | None = None, threads: int |
 
     `memory_budget` bounds the process's resident memory in bytes; None means a share of the
     memory available now (`runtime.memory.DEFAULT_SHARE`). Experts beyond it stay on disk.
-    `context` is the most tokens a sequence may hold; None: the trained length, or the longest
-    the budget holds. `kv_dtype` stores keys and values in "float16" or "float32"; "auto":
-    float32 when the budget holds the whole model with it, else float16 (`_auto_kv_dtype`).
-    `fast_routing` > 0 lets the router prefer resident experts among near-tied scores (within
-    that many standard deviations of a token's router scores; `runtime/routing.py`): fewer
-    expert loads when offloading, at a measured cost in fidelity. 0, the default, is exact."""
+    `context` is the most tokens a sequence may hold; None: the trained length, or under a
+    budget the longest whose KV cache takes at most a quarter of the room. `kv_dtype` stores
+    keys and values in "float16" or "float32"; "auto": float32 when the budget runs the model
+    with a float32 cache of 4096 tokens (or the context asked for), else float16
+    (`_auto_kv_dtype`). `fast_routing` > 0 lets the router prefer resident experts among
+    near-tied scores (within that many standard deviations of a token's router scores;
+    `runtime/routing.py`): fewer expert loads when offloading, at a measured cost in fidelity.
+    0, the default, is exact."""
     return Model(Bundle(bundle), threads=threads, accuracy_level=accuracy_level, context=context,
                  memory_budget=memory_budget, kv_dtype=kv_dtype, fast_routing=fast_routing)
