@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime import graphs, quant
-from runtime.bundle import Bundle, BundleWriter
+from runtime.bundle import Bundle
+from runtime.bundle_writer import BundleWriter
 from runtime.config import ModelConfig
 from runtime.sessions import make_session
 from runtime.synthetic import FULL_21B, FULL_4B, make_tokenizer

@@ -41,7 +41,7 @@ class ExpertLoader:
         with self._lock:
             if key in self._pending:
                 return False
-            event = self._pending[key] = threading.Event()
+            self._pending[key] = threading.Event()
         try:
             self._requests.put_nowait(key)
         except queue.Full:

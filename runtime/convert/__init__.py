@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from .. import graphs
-from ..bundle import BundleWriter
+from ..bundle_writer import BundleWriter
 from ..errors import ConversionError, StchatRuntimeError
 from ..quant import CHOICES, QuantFormat
 from .gguf_source import GGUFSource
