@@ -93,11 +93,8 @@ class Model:
         offloading = room is not None and room < sum(layer_charges(bundle)) * cfg.num_experts
         self.expert_levels = {key: session_level(bundle.expert_layouts[key], accuracy_level, offloading)
                               for key in set(bundle.layer_layouts)}
-        expert_graphs = {}
-        for layer, key in enumerate(bundle.layer_layouts):
-            name = bundle.expert_graph_name(layer)
-            level = self.expert_levels[key]
-            expert_graphs[name] = bundle.graph(name) if level == 4 else set_accuracy_level(bundle.graph(name), level)
+        layouts_by_graph = {bundle.expert_graph_name(layer): key for layer, key in enumerate(bundle.layer_layouts)}
+        expert_graphs = {name: self._graph(name, self.expert_levels[key]) for name, key in layouts_by_graph.items()}
         self.experts = ExpertStore(bundle, expert_graphs, room, self.expert_levels, offloading)
         self.decode_buffers = DecodeBuffers(cfg.hidden_size, cfg.num_experts)
 
@@ -192,11 +189,13 @@ class Model:
             kv_in_use = sum(c.layout.nbytes(c.high_water) for c in self._kv_caches)
             self.experts.set_budget(self._room_for_experts_and_kv - kv_in_use)
 
-    def _graph(self, name: str) -> bytes:
+    def _graph(self, name: str, level: int | None = None) -> bytes:
+        """The bundle's graph `name` as this model runs it, at accuracy `level` (default: the model's)."""
         graph = self.bundle.graph(name)
         if name.endswith(".attention"):
             graph = with_kv_cache(graph, self.kv_dtype)
-        return graph if self.accuracy_level == 4 else set_accuracy_level(graph, self.accuracy_level)
+        level = self.accuracy_level if level is None else level
+        return graph if level == 4 else set_accuracy_level(graph, level)
 
     def _session(self, name: str) -> ort.InferenceSession:
         graph = self._graph(name)
