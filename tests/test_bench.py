@@ -50,13 +50,19 @@ def test_bench_usage_errors(stchat_home):
     assert too_short.returncode == 2 and "cannot hold" in too_short.stderr
 
 
-def test_synthetic_model_is_built_once(tmp_path, monkeypatch):
-    from stchat import bench
+def _count_gguf_writes(monkeypatch, tmp_path, full: str, tiny) -> list:
+    """The cache in `tmp_path`, synthetic.`full` shrunk to `tiny`; the list gains a 1 per GGUF written."""
     monkeypatch.setenv("STCHAT_CACHE", str(tmp_path))
-    monkeypatch.setattr(synthetic, "FULL_4B", replace(synthetic.TINY_4B_LIKE))
+    monkeypatch.setattr(synthetic, full, replace(tiny))
     built = []
     real_write = synthetic.write_gguf
     monkeypatch.setattr(synthetic, "write_gguf", lambda *a, **k: built.append(1) or real_write(*a, **k))
+    return built
+
+
+def test_synthetic_model_is_built_once(tmp_path, monkeypatch):
+    from stchat import bench
+    built = _count_gguf_writes(monkeypatch, tmp_path, "FULL_4B", synthetic.TINY_4B_LIKE)
     first = bench.synthetic_bundle("4b", "skewed", log=lambda m: None)
     assert (first / "manifest.json").is_file() and "skewed" in first.name
     assert bench.synthetic_bundle("4b", "skewed", log=lambda m: None) == first
@@ -84,11 +90,7 @@ def test_skewed_routing_concentrates_on_a_quarter_of_experts():
 
 def test_synthetic_gguf_is_kept_and_the_bundle_converts_that_file(tmp_path, monkeypatch):
     from stchat import bench
-    monkeypatch.setenv("STCHAT_CACHE", str(tmp_path))
-    monkeypatch.setattr(synthetic, "FULL_21B", replace(synthetic.TINY_21B_LIKE))
-    built = []
-    real_write = synthetic.write_gguf
-    monkeypatch.setattr(synthetic, "write_gguf", lambda *a, **k: built.append(1) or real_write(*a, **k))
+    built = _count_gguf_writes(monkeypatch, tmp_path, "FULL_21B", synthetic.TINY_21B_LIKE)
     gguf = bench.synthetic_gguf("21b", "skewed", log=lambda m: None)
     assert gguf.is_file() and bench.synthetic_gguf("21b", "skewed", log=lambda m: None) == gguf
     bundle = bench.synthetic_bundle("21b", "skewed", log=lambda m: None)
