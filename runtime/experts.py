@@ -1,7 +1,8 @@
 """Expert sessions: one ONNX Runtime session per (layer, expert), built from the shared graph.
 
 Each expert's six arrays are views of `experts.bin`; building a session prepacks them. Built
-sessions live in an `ExpertCache` whose byte budget decides how many stay resident. The
+sessions live in an `ExpertCache` whose byte budget decides how many stay resident, each built
+at full accuracy level or lean, as `expert_levels` says the budget allows. The
 pre-attention router calls `prefetch` with the experts a layer is about to need, and the
 `ExpertLoader` threads read and build the missing ones while attention runs (reading the next
 while building one, through a small pool of read buffers). `session` builds on the spot what
@@ -13,6 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -21,7 +23,8 @@ from .bundle import Bundle, array_bytes, read_buffer
 from .decode import expert_binding
 from .expert_cache import ExpertCache
 from .expert_loader import ExpertLoader
-from .memory import expert_charge, trim_heap, trim_slack
+from .expert_levels import layout_charge, lean_level
+from .memory import trim_heap, trim_slack
 from .sessions import make_session
 
 
@@ -34,52 +37,35 @@ def warm_order(usage: np.ndarray | None, num_layers: int, num_experts: int) -> l
     return sorted(keys, key=lambda k: -float(usage[k]))  # stable: ties stay layer by layer
 
 
-# MatMulNBits accuracy level of Q4_0 expert sessions when the budget cannot hold every expert.
-# Measured on the full-size 4B (2 threads): level 1 builds a session in 2.8 ms against 3.8 and
-# holds 1.04x the raw bytes against 1.44x, so a 1 GiB budget keeps 39% more experts (decode
-# hit rate 39% -> 52%), at 330 against 200 us per one-token call: a good trade only when
-# misses, not calls, set the pace. Other formats keep their level (8 bits at level 1 falls to a
-# dequantizing path, 40-60x slower).
-OFFLOAD_ACCURACY_LEVEL = 1
-
-
-def session_level(layout: dict, level: int, offloading: bool) -> int:
-    """The accuracy level an expert stored in `layout` is built at."""
-    lean = offloading and level == 4 and set(layout["formats"].values()) == {"q4b32"}
-    return OFFLOAD_ACCURACY_LEVEL if lean else level
-
-
-def layout_charge(layout: dict, level: int = 4) -> int:
-    """Resident bytes of one expert session stored in `layout` (a manifest expert layout), built
-    at accuracy `level`."""
-    return expert_charge([(fmt, array_bytes(spec for key, spec in layout["arrays"].items() if key.startswith(matrix + ".")))
-                          for matrix, fmt in layout["formats"].items()], level)
-
-
-def layer_charges(bundle: Bundle, levels: dict[str, int] | None = None) -> list[int]:
-    """Resident bytes of one expert session of each layer (layers may store experts differently);
-    `levels`: layout key -> accuracy level (default 4)."""
-    levels = levels or {}
-    return [layout_charge(bundle.expert_layouts[key], levels.get(key, 4)) for key in bundle.layer_layouts]
-
-
 class ExpertStore:
-    def __init__(self, bundle: Bundle, graphs: dict[str, bytes], budget_bytes: int | None = None,
-                 levels: dict[str, int] | None = None, offloading: bool = False):
-        """`graphs`: expert graph name -> graph bytes (`bundle.expert_graph_name(layer)`), built
-        at `levels` (layout key -> accuracy level, for the charges; default 4). `offloading`:
-        the budget cannot hold every expert, so they come and go."""
+    def __init__(self, bundle: Bundle, graph: Callable[[str, int], bytes], budget_bytes: int | None = None,
+                 accuracy_level: int = 4, full_per_layer: int | None = None, offloading: bool = False):
+        """`graph(name, level)`: the expert graph `name` (`bundle.expert_graph_name`) at accuracy
+        `level`. At most `full_per_layer` experts of a layer (default: all) are resident at
+        `accuracy_level`, those the router asked for most; the others are built at their lean
+        level (`lean_level`). `offloading`: the budget cannot hold every expert even lean, so they
+        come and go (reads then bypass the page cache)."""
+        cfg = bundle.config
         self.bundle = bundle
-        self.graphs = [graphs[bundle.expert_graph_name(layer)] for layer in range(bundle.config.num_layers)]
+        self._graph, self._graphs = graph, {}  # (graph name, level) -> graph bytes, made once
         self.layer_bytes = [array_bytes(bundle.expert_layouts[key]["arrays"].values())  # raw bytes per expert
                             for key in bundle.layer_layouts]
         self.expert_bytes = max(self.layer_bytes)
-        self.charges = layer_charges(bundle, levels)  # resident bytes per session, by layer
+        layouts = [bundle.expert_layouts[key] for key in bundle.layer_layouts]
+        self.levels = [(accuracy_level, lean_level(layout, accuracy_level)) for layout in layouts]  # (full, lean)
+        self.full_per_layer = cfg.num_experts if full_per_layer is None else full_per_layer
+        self._charges = {(layer, level): layout_charge(layout, level)  # resident bytes per session
+                         for layer, layout in enumerate(layouts) for level in self.levels[layer]}
+        self.charge = max(self.charges(level=accuracy_level if self.full_per_layer else None))
         self.offloading = offloading  # reads bypass the page cache (Bundle.read_expert)
-        self.charge = max(self.charges)
-        # how often the router asked for each expert since load (per layer call, not per token):
-        # saved between runs by the application, it orders `warm`
-        self.requests = np.zeros((bundle.config.num_layers, bundle.config.num_experts), np.int64)
+        # how often the router asked for each expert since load (tokens routed to it): saved
+        # between runs by the application, it orders `warm`, and with `prior` (the saved record)
+        # decides which experts are built at full level
+        self.requests = np.zeros((cfg.num_layers, cfg.num_experts), np.int64)
+        self.prior: np.ndarray | None = None
+        self._level_of: dict[tuple[int, int], int] = {}  # resident key -> its accuracy level
+        self._full_resident = [0] * cfg.num_layers
+        self._levels_lock = threading.Lock()
         self._freed_since_trim = 0
         self._trim_every = trim_slack(self.charge)
         self.cache = ExpertCache(budget_bytes)
@@ -90,6 +76,31 @@ class ExpertStore:
             self._read_buffers.put(read_buffer(bundle.expert_stride))
         self.loader = ExpertLoader(self._build_read, read=self._read)
 
+    def charges(self, level: int | None = None) -> list[int]:
+        """Resident bytes of one session of each layer at `level` (None: the lean level)."""
+        return [self._charges[layer, full if level == full else lean] for layer, (full, lean) in enumerate(self.levels)]
+
+    def level_of(self, layer: int, expert: int) -> int | None:
+        """The accuracy level of a resident expert's session (None: not resident)."""
+        with self._levels_lock:
+            return self._level_of.get((layer, expert))
+
+    def _level_for(self, key: tuple[int, int], reserve: bool = True) -> int:
+        """Full level for a layer's most asked-for experts while the layer has room for them
+        at full level (`reserve`: take that room, for a build), the lean level otherwise."""
+        layer, expert = key
+        full, lean = self.levels[layer]
+        if full == lean or self.full_per_layer == 0:
+            return lean
+        demand = self.requests[layer] + (self.prior[layer] if self.prior is not None else 0)  # [E]
+        if np.count_nonzero(demand > demand[expert]) >= self.full_per_layer:
+            return lean
+        with self._levels_lock:
+            if self._full_resident[layer] >= self.full_per_layer:
+                return lean
+            self._full_resident[layer] += reserve
+        return full
+
     def _scratch(self) -> np.ndarray:
         """A per-thread read buffer: ONNX Runtime prepacks the weights, then never reads it again."""
         buffer = getattr(self._local, "buffer", None)
@@ -99,9 +110,7 @@ class ExpertStore:
 
     def _build_here(self, key: tuple[int, int]) -> ort.InferenceSession:
         """Read and build `key` on the calling thread, and cache it."""
-        session = self._session_from(key, self._read_into(key, self._scratch()))
-        self._insert(key, session)
-        return session
+        return self._insert(key, self._session_from(key, self._read_into(key, self._scratch())))
 
     def _read_into(self, key: tuple[int, int], buffer: np.ndarray) -> dict[str, np.ndarray]:
         started = time.perf_counter()
@@ -109,26 +118,51 @@ class ExpertStore:
         self.cache.stats.load_seconds += time.perf_counter() - started
         return arrays
 
-    def _session_from(self, key: tuple[int, int], arrays: dict[str, np.ndarray]) -> ort.InferenceSession:
+    def _session_from(self, key: tuple[int, int], arrays: dict[str, np.ndarray]) -> tuple[ort.InferenceSession, int]:
+        """A session for `key` from its arrays, and the accuracy level it was built at."""
         started = time.perf_counter()
-        # MatMulNBits prepacks codes and scales, so the read buffer can be reused at once; the
-        # small per-block mins feed a plain Gemm, so they get their own copy
-        weights = {f"expert/{name}": np.array(array) if name.endswith(".mins") else array
-                   for name, array in arrays.items()}
-        session = make_session(self.graphs[key[0]], weights, keep_weights=False)
+        level = self._level_for(key)
+        try:
+            name = self.bundle.expert_graph_name(key[0])
+            graph = self._graphs.get((name, level))
+            if graph is None:
+                graph = self._graphs[name, level] = self._graph(name, level)
+            # MatMulNBits prepacks codes and scales, so the read buffer can be reused at once;
+            # the small per-block mins feed a plain Gemm, so they get their own copy
+            weights = {f"expert/{name}": np.array(array) if name.endswith(".mins") else array
+                       for name, array in arrays.items()}
+            session = make_session(graph, weights, keep_weights=False)
+        except BaseException:
+            with self._levels_lock:
+                self._full_resident[key[0]] -= level == self.levels[key[0]][0] != self.levels[key[0]][1]
+            raise
         session._stchat_mins = [w for name, w in weights.items() if name.endswith(".mins")]
         self.cache.stats.load_seconds += time.perf_counter() - started
         self.cache.stats.bytes_read += self.layer_bytes[key[0]]
+        return session, level
+
+    def _insert(self, key: tuple[int, int], built: tuple[ort.InferenceSession, int]) -> ort.InferenceSession:
+        session, level = built
+        with self._levels_lock:  # a full-level session's room was taken by `_level_for`
+            self._forget([key])  # a key built twice (a race between threads) is counted once
+            self._level_of[key] = level
+        self._freed(self.cache.put(key, session, self._charges[key[0], level]))
         return session
 
-    def _insert(self, key: tuple[int, int], session: ort.InferenceSession) -> None:
-        self._freed(self.cache.put(key, session, self.charges[key[0]]))
+    def _forget(self, keys) -> None:
+        """Keys no longer resident (caller holds `_levels_lock`)."""
+        for key in keys:
+            level = self._level_of.pop(key, None)
+            full, lean = self.levels[key[0]]
+            self._full_resident[key[0]] -= level == full != lean
 
     def set_budget(self, budget_bytes: int | None) -> None:
         """Resize the cache (the KV cache took or gave back room), evicting what no longer fits."""
         self._freed(self.cache.set_budget(budget_bytes), trim_now=True)
 
     def _freed(self, evicted: list, trim_now: bool = False) -> None:
+        with self._levels_lock:
+            self._forget(evicted)
         self._freed_since_trim += len(evicted) * self.charge
         if evicted and (trim_now or self._freed_since_trim >= self._trim_every):
             self._freed_since_trim = 0
@@ -188,8 +222,9 @@ class ExpertStore:
         """Experts the router chose for `layer`, known before its attention runs: a hit is an
         expert already resident now; each miss is handed to the loader thread. Until the next
         layer's call, these experts are not evicted to make room for each other."""
-        keys = self._layer_keys = [(layer, int(expert)) for expert in np.unique(experts)]
-        self.requests[layer, [expert for _, expert in keys]] += 1
+        chosen, tokens = np.unique(experts, return_counts=True)
+        keys = self._layer_keys = [(layer, int(expert)) for expert in chosen]
+        self.requests[layer, chosen] += tokens
         self.cache.protect(keys)
         for key in keys:
             if self.cache.get(key) is None:
@@ -212,7 +247,7 @@ class ExpertStore:
             if self.cache.peek(key) or self.loader.pending(key):
                 continue
             room = self.cache.room()
-            if room is not None and room < self.charges[key[0]]:
+            if room is not None and room < self._charges[key[0], self._level_for(key, reserve=False)]:
                 break
             self._build_here(key)
             built += 1

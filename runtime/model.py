@@ -19,7 +19,8 @@ from . import quant
 from .bundle import Bundle
 from .decode import DecodeBuffers, bind_cache, decode_step
 from .errors import BudgetTooSmall, BundleError, InvalidContext
-from .experts import ExpertStore, layer_charges, session_level, warm_order
+from .expert_levels import full_share, layer_charges
+from .experts import ExpertStore, warm_order
 from .graphs import set_accuracy_level, with_kv_cache
 from .kvcache import KV_DTYPES, KVCache, KVLayout
 from .memory import (PROCESS_BASELINE, allocator_headroom, configure_allocator, default_budget, format_bytes,
@@ -89,13 +90,12 @@ class Model:
         trim_heap()
         self._kv_caches: weakref.WeakSet[KVCache] = weakref.WeakSet()  # live ones, charged as they fill
         room = self._expert_budget(self.memory_budget)
-        # offloading (the budget cannot hold every expert session): Q4_0 experts built lean
-        offloading = room is not None and room < sum(layer_charges(bundle)) * cfg.num_experts
-        self.expert_levels = {key: session_level(bundle.expert_layouts[key], accuracy_level, offloading)
-                              for key in set(bundle.layer_layouts)}
-        layouts_by_graph = {bundle.expert_graph_name(layer): key for layer, key in enumerate(bundle.layer_layouts)}
-        expert_graphs = {name: self._graph(name, self.expert_levels[key]) for name, key in layouts_by_graph.items()}
-        self.experts = ExpertStore(bundle, expert_graphs, room, self.expert_levels, offloading)
+        # the most asked-for experts at full accuracy level, the rest lean, as the room allows;
+        # offloading when not every expert fits even lean: they then come and go
+        full, lean = layer_charges(bundle, accuracy_level), layer_charges(bundle, accuracy_level, lean=True)
+        self.experts = ExpertStore(bundle, self._graph, room, accuracy_level,
+                                   full_share(room, full, lean, cfg.num_experts),
+                                   offloading=room is not None and room < sum(lean) * cfg.num_experts)
         self.decode_buffers = DecodeBuffers(cfg.hidden_size, cfg.num_experts)
 
     # -- construction -------------------------------------------------------------------
@@ -304,6 +304,8 @@ class Model:
         `usage`: [layers, experts] counts from earlier runs (`expert_usage`), hottest built
         first; without it, layer by layer. Returns how many were built."""
         cfg = self.config
+        if usage is not None and np.shape(usage) == self.experts.requests.shape:
+            self.experts.prior = np.asarray(usage, np.float64)  # also decides which are built at full level
         return self.experts.warm(warm_order(usage, cfg.num_layers, cfg.num_experts), cancelled)
 
     def expert_usage(self) -> np.ndarray:

@@ -92,7 +92,7 @@ class Installed:
         for `context` tokens (none asked: SMALLEST_AUTO_CONTEXT, as the runtime counts)."""
         from runtime.bundle import array_bytes
         from runtime.config import ModelConfig
-        from runtime.experts import layout_charge
+        from runtime.expert_levels import layout_charge
         from runtime.kvcache import KVLayout
         from runtime.memory import minimum_budget
         from runtime.model import SMALLEST_AUTO_CONTEXT

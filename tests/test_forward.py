@@ -166,42 +166,82 @@ def test_keys_and_values_are_float32_when_the_model_fits():
     assert roomy.kv_dtype == "float32"  # float16 when memory is short: tests/test_memory_budget.py
 
 
-def _offloading(layout):
-    """The model loaded with the largest budget (in 1 MiB steps from the minimum this process
-    can run it in) that cannot hold every expert session at accuracy level 4."""
-    from runtime.errors import BudgetTooSmall
-    from runtime.experts import layer_charges
+def _with_room(layout, low, high):
+    """The model loaded with a budget that leaves between `low` and `high` bytes for experts
+    (and the KV cache as it fills): the room is the budget less what the process holds, so a
+    few loads home in on it."""
     from runtime.memory import PROCESS_BASELINE, process_rss
 
-    path = bundle(layout)
-    probe = model(layout)
-    everything = sum(layer_charges(probe.bundle)) * probe.config.num_experts
-    budget = probe.minimum_budget + process_rss() - PROCESS_BASELINE + everything
-    while True:
-        try:
-            tight = runtime.load(path, memory_budget=budget)
-        except BudgetTooSmall:
-            pytest.fail("no budget between the minimum and the whole model offloads experts")
-        if tight.experts.cache.budget < everything:
-            return tight
-        budget -= 1 << 20
+    budget = model(layout).minimum_budget + process_rss() - PROCESS_BASELINE + high
+    for _ in range(8):
+        before = process_rss()
+        loaded = runtime.load(bundle(layout), memory_budget=budget)
+        room = loaded.experts.cache.budget
+        if low <= room < high:
+            return loaded
+        loaded.close()
+        # the next load starts from what this one left resident
+        budget += (low + high) // 2 - room + process_rss() - before
+    pytest.fail(f"no budget leaves {low}-{high} bytes for experts")
+
+
+def _all_experts(layout, level):
+    """Bytes of every expert session of the model at accuracy `level` (None: lean)."""
+    m = model(layout)
+    return sum(m.experts.charges(level=level)) * m.config.num_experts
 
 
 def test_offloaded_q4_0_experts_are_built_lean_with_fp32_activations(layout):
-    # when experts come and go, a miss costs a session build: Q4_0 experts are then built at
-    # accuracy level 1 (cheaper to build, 1.04x their bytes against 1.44x), which computes with
-    # fp32 activations: the same expert outputs as level 0 to float rounding
-    tight = _offloading(layout)
-    assert set(tight.expert_levels.values()) == {1}
-    assert set(model(layout).expert_levels.values()) == {4}  # the whole model fits: level 4
-    assert tight.experts.offloading and not model(layout).experts.offloading  # direct reads or not
+    # when not every expert fits even lean, experts come and go and a miss costs a session
+    # build: Q4_0 experts are then built at accuracy level 1 (cheaper to build, 1.04x their
+    # bytes against 1.44x), which computes with fp32 activations: the same expert outputs as
+    # level 0 to float rounding
+    lean = _all_experts(layout, None)
+    tight = _with_room(layout, lean - 4 * model(layout).experts.charge, lean)
+    assert tight.experts.full_per_layer == 0 and tight.experts.offloading
+    assert not model(layout).experts.offloading  # the whole model fits: buffered reads
     exact = model(layout, accuracy_level=0)
     h = np.random.default_rng(0).standard_normal((5, tight.config.hidden_size)).astype(np.float32)
     for expert in range(tight.config.num_experts):
         want = exact.experts.run(1, expert, h)
         np.testing.assert_allclose(tight.experts.run(1, expert, h), want, atol=1e-5 * np.abs(want).max(), rtol=0)
+        assert tight.experts.level_of(1, expert) in (1, None)  # None: evicted since
     assert tight.experts.charge < model(layout).experts.charge
     tight.close()
+
+
+def test_the_full_level_share_is_what_the_room_pays_for():
+    from runtime.expert_levels import full_share
+
+    full, lean, experts = [300, 300, 200], [200, 200, 150], 8                # per layer, per session
+    everything_lean, extra = sum(lean) * experts, sum(full) - sum(lean)      # 4400, one more of each: 250
+    assert full_share(None, full, lean, experts) == experts                  # no budget
+    assert full_share(sum(full) * experts, full, lean, experts) == experts
+    assert full_share(everything_lean - 1, full, lean, experts) == 0         # experts come and go
+    assert full_share(everything_lean + 3 * extra + extra - 1, full, lean, experts) == 3
+    assert full_share(everything_lean + 3 * extra, full, lean, experts) == 3
+    assert full_share(10**9, full, full, experts) == experts                 # no leaner form
+
+
+def test_when_only_some_experts_fit_at_level_4_the_most_asked_for_get_it(layout):
+    # every expert fits lean but not all at level 4 (the full-size 21B in 18 GiB): the experts
+    # the router asks for most get the faster level-4 sessions, as many per layer as the room
+    # pays for (`full_share`, above), the rest level 1, and nothing is evicted
+    mixed = runtime.load(bundle(layout))
+    share = mixed.experts.full_per_layer = mixed.config.num_experts // 2
+    ids = _sequence(layout)
+    got = mixed.logits(ids)  # a first prompt builds every expert it asks for
+    demand = mixed.experts.requests                                        # [L, E] tokens routed
+    for layer in range(mixed.config.num_layers):
+        levels = np.array([mixed.experts.level_of(layer, e) or 0 for e in range(mixed.config.num_experts)])
+        assert set(levels[demand[layer] > 0]) <= {1, 4} and not levels[demand[layer] == 0].any()
+        full = np.flatnonzero(levels == 4)
+        assert len(full) == min(share, np.count_nonzero(demand[layer]))
+        assert demand[layer][full].min() >= np.sort(demand[layer])[::-1][share - 1]  # the most asked for
+    assert mixed.experts.cache.stats.evictions == 0
+    ref = _reference(layout, ids)  # within level 4's tolerance of the reference (level 1 is closer)
+    assert np.median(np.abs(got - ref)) < 0.02 * ref.std()
+    mixed.close()
 
 
 def test_numpy_blas_keeps_to_one_thread_once_a_model_is_loaded():
