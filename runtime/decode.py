@@ -5,10 +5,10 @@ every layer hundreds of times a reply, so its buffers are preallocated here and 
 Runtime binding is made once: each layer's attention binding per KV cache, each expert
 session's binding when the session is built. A step then copies nothing but the residual.
 
-    x[1,1,H] -> router (numpy, fp32)            -> experts chosen, prefetch
+    x[1,1,H] -> router (numpy, fp32)            -> k experts chosen, prefetch
              -> attention binding                -> hidden_out[1,1,H], normed[1,1,H]
-             -> expert bindings (normed -> y)    -> acc[1,H] += w * y
-    x = hidden_out + acc
+             -> expert bindings (normed -> slot) -> expert_outs[k,H]
+    x = hidden_out + gates[k] @ expert_outs
 """
 from __future__ import annotations
 
@@ -21,11 +21,12 @@ from .routing import gate_weights, prefer_resident, top_k
 class DecodeBuffers:
     """Model-level buffers of the one-token step and their OrtValue aliases."""
 
-    def __init__(self, hidden: int, num_experts: int):
+    def __init__(self, hidden: int, num_experts: int, experts_per_tok: int):
         self.x = np.zeros((1, 1, hidden), np.float32)           # residual entering a layer
         self.hidden_out = np.zeros((1, 1, hidden), np.float32)  # after attention
         self.normed = np.zeros((1, 1, hidden), np.float32)      # experts' input
-        self.expert_out = np.zeros((1, hidden), np.float32)     # one expert's output
+        self.expert_outs = np.zeros((experts_per_tok, hidden), np.float32)  # the chosen experts' outputs
+        self.gates = np.zeros(experts_per_tok, np.float32)      # their weights
         self.acc = np.zeros((1, hidden), np.float32)            # weighted sum of experts
         self.router_logits = np.zeros((1, num_experts), np.float32)
         self.seqlens = np.zeros(1, np.int32)                    # total length - 1
@@ -34,7 +35,7 @@ class DecodeBuffers:
         self.x_value, self.hidden_out_value = value(self.x), value(self.hidden_out)
         self.normed_value = value(self.normed)
         self.expert_in_value = value(self.normed.reshape(1, hidden))  # same memory, [T=1, H]
-        self.expert_out_value = value(self.expert_out)
+        self.expert_out_values = [value(self.expert_outs[slot:slot + 1]) for slot in range(experts_per_tok)]
         self.seqlens_value, self.total_value = value(self.seqlens), value(self.total)
 
 
@@ -66,10 +67,11 @@ def attention_bindings(model, cache, buffers: DecodeBuffers) -> list:
     return bindings
 
 
-def expert_binding(session: ort.InferenceSession, buffers: DecodeBuffers):
+def expert_binding(session: ort.InferenceSession, buffers: DecodeBuffers, slot: int):
+    """normed -> expert_outs[slot]"""
     binding = session.io_binding()
     binding.bind_ortvalue_input("h", buffers.expert_in_value)
-    binding.bind_ortvalue_output("y", buffers.expert_out_value)
+    binding.bind_ortvalue_output("y", buffers.expert_out_values[slot])
     return binding
 
 
@@ -91,11 +93,10 @@ def decode_step(model, token: int, cache) -> np.ndarray:
             chosen = prefer_resident(logits, chosen, model.experts.resident_mask(layer), model.fast_routing)
         model.experts.prefetch(layer, chosen)
         model.attention[layer].run_with_iobinding(bindings[layer])
-        gates = gate_weights(logits[chosen], cfg.router_softmax)
-        buffers.acc.fill(0.0)
-        for expert, gate in zip(chosen, gates):
-            model.experts.run_bound(layer, int(expert), buffers)
-            buffers.acc += np.float32(gate) * buffers.expert_out
+        buffers.gates[:] = gate_weights(logits[chosen], cfg.router_softmax)
+        for slot, expert in enumerate(chosen.tolist()):
+            model.experts.run_bound(layer, expert, buffers, slot)
+        np.dot(buffers.gates, buffers.expert_outs, out=buffers.acc[0])  # [k] @ [k, H]
         np.add(buffers.hidden_out[0], buffers.acc, out=buffers.x[0])
     cache.length += 1
     cache.tokens.append(int(token))

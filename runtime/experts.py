@@ -257,13 +257,16 @@ class ExpertStore:
         """h [T, H] -> expert output [T, H]."""
         return self.session(layer, expert).run(["y"], {"h": np.ascontiguousarray(h)})[0]
 
-    def run_bound(self, layer: int, expert: int, buffers) -> None:
-        """The decode step's expert call: buffers.normed -> buffers.expert_out, bound once per session."""
+    def run_bound(self, layer: int, expert: int, buffers, slot: int) -> None:
+        """The decode step's expert call: buffers.normed -> buffers.expert_outs[slot], bound once
+        per session and slot."""
         session = self.session(layer, expert)
-        binding = getattr(session, "_stchat_binding", None)
-        if binding is None:
-            binding = session._stchat_binding = expert_binding(session, buffers)
-        session.run_with_iobinding(binding)
+        bindings = getattr(session, "_stchat_bindings", None)
+        if bindings is None:
+            bindings = session._stchat_bindings = [None] * len(buffers.expert_out_values)
+        if bindings[slot] is None:
+            bindings[slot] = expert_binding(session, buffers, slot)
+        session.run_with_iobinding(bindings[slot])
 
     def close(self) -> None:
         self.loader.close()

@@ -96,7 +96,7 @@ class Model:
         self.experts = ExpertStore(bundle, self._graph, room, accuracy_level,
                                    full_share(room, full, lean, cfg.num_experts),
                                    offloading=room is not None and room < sum(lean) * cfg.num_experts)
-        self.decode_buffers = DecodeBuffers(cfg.hidden_size, cfg.num_experts)
+        self.decode_buffers = DecodeBuffers(cfg.hidden_size, cfg.num_experts, cfg.num_experts_per_tok)
 
     # -- construction -------------------------------------------------------------------
     def memory_in_use(self) -> int:
