@@ -100,6 +100,7 @@ class Bundle:
         self.expert_stride = experts["stride"]
         self.expert_layouts, self.layer_layouts = manifest_expert_layouts(self.manifest)
         self.expert_crc32 = experts.get("crc32")   # None in bundles made before it existed
+        self._checked: set[tuple[int, int]] = set()  # experts whose crc32 matched once
 
     def matrix_format(self, name: str) -> QuantFormat:
         """How a dense matrix (`embed_tokens`, `lm_head`, `layers.0/attn/o_proj`...) is stored."""
@@ -170,12 +171,15 @@ class Bundle:
     def check_expert(self, layer: int, expert: int, record: np.ndarray) -> None:
         """Compare an expert record just read (uint8 [the layer's record size]) with the crc32
         recorded at conversion: damage on disk is caught when the expert is loaded, not printed
-        as garbage text."""
-        if self.expert_crc32 is None:
+        as garbage text. Once per expert and process: a model that does not fit in memory reads
+        the same experts again and again, and each check costs 0.4 ms of CPU per 4B expert
+        (benchmarks/EXPERT-CRC.md) that the session builds need."""
+        if self.expert_crc32 is None or (layer, expert) in self._checked:
             return
         if zlib.crc32(record) != self.expert_crc32[layer * self.config.num_experts + expert]:
             raise BundleError(f"{self.path / 'experts.bin'}: layers.{layer}/experts.{expert} is damaged (crc32 "
                               f"mismatch); check the model with `stchat verify` and convert it again")
+        self._checked.add((layer, expert))
 
     def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows of a dense tensor ([len(rows), *row shape]), read with pread, not through the

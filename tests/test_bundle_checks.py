@@ -42,6 +42,21 @@ def test_a_damaged_expert_record_is_refused_when_read(bundle_copy):
         bundle.read_expert(1, 2, buffer)
 
 
+def test_each_expert_is_checked_on_its_first_read_only(bundle_copy, monkeypatch):
+    # a model that does not fit in memory reads its experts again and again: the check, CPU
+    # the session builds need, is paid once per expert and process
+    import runtime.bundle
+
+    checked = []
+    monkeypatch.setattr(runtime.bundle.zlib, "crc32", lambda data: checked.append(len(data)) or 0)
+    bundle = Bundle(bundle_copy)
+    bundle.expert_crc32 = [0] * len(bundle.expert_crc32)  # what the patched crc32 gives
+    buffer = np.empty(bundle.expert_stride, np.uint8)
+    for key in [(0, 0), (1, 2), (0, 0), (1, 2), (0, 0), (0, 1)]:
+        bundle.read_expert(*key, buffer)
+    assert len(checked) == 3
+
+
 def test_bundles_without_crc32s_still_load(bundle_copy):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     del manifest["experts"]["crc32"]
