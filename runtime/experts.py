@@ -39,12 +39,13 @@ def warm_order(usage: np.ndarray | None, num_layers: int, num_experts: int) -> l
 
 class ExpertStore:
     def __init__(self, bundle: Bundle, graph: Callable[[str, int], bytes], budget_bytes: int | None = None,
-                 accuracy_level: int = 4, full_per_layer: int | None = None, offloading: bool = False):
+                 accuracy_level: int = 4, full_per_layer: int | None = None, direct_reads: bool = False):
         """`graph(name, level)`: the expert graph `name` (`bundle.expert_graph_name`) at accuracy
         `level`. At most `full_per_layer` experts of a layer (default: all) are resident at
         `accuracy_level`, those the router asked for most; the others are built at their lean
-        level (`lean_level`). `offloading`: the budget cannot hold every expert even lean, so they
-        come and go (reads then bypass the page cache)."""
+        level (`lean_level`). `direct_reads`: memory is short (the budget cannot hold every
+        expert at full level), so reads bypass the page cache rather than double the experts
+        in it."""
         cfg = bundle.config
         self.bundle = bundle
         self._graph, self._graphs = graph, {}  # (graph name, level) -> graph bytes, made once
@@ -57,7 +58,7 @@ class ExpertStore:
         self._charges = {(layer, level): layout_charge(layout, level)  # resident bytes per session
                          for layer, layout in enumerate(layouts) for level in self.levels[layer]}
         self.charge = max(self.charges(level=accuracy_level if self.full_per_layer else None))
-        self.offloading = offloading  # reads bypass the page cache (Bundle.read_expert)
+        self.direct_reads = direct_reads  # bypass the page cache (Bundle.read_expert)
         # how often the router asked for each expert since load (tokens routed to it): saved
         # between runs by the application, it orders `warm`, and with `prior` (the saved record)
         # decides which experts are built at full level
@@ -114,7 +115,7 @@ class ExpertStore:
 
     def _read_into(self, key: tuple[int, int], buffer: np.ndarray) -> dict[str, np.ndarray]:
         started = time.perf_counter()
-        arrays = self.bundle.read_expert(*key, buffer, direct=self.offloading)
+        arrays = self.bundle.read_expert(*key, buffer, direct=self.direct_reads)
         self.cache.stats.load_seconds += time.perf_counter() - started
         return arrays
 

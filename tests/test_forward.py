@@ -198,8 +198,8 @@ def test_offloaded_q4_0_experts_are_built_lean_with_fp32_activations(layout):
     # level 0 to float rounding
     lean = _all_experts(layout, None)
     tight = _with_room(layout, lean - 4 * model(layout).experts.charge, lean)
-    assert tight.experts.full_per_layer == 0 and tight.experts.offloading
-    assert not model(layout).experts.offloading  # the whole model fits: buffered reads
+    assert tight.experts.full_per_layer == 0 and tight.experts.direct_reads
+    assert not model(layout).experts.direct_reads  # the whole model fits: buffered reads
     exact = model(layout, accuracy_level=0)
     h = np.random.default_rng(0).standard_normal((5, tight.config.hidden_size)).astype(np.float32)
     for expert in range(tight.config.num_experts):
