@@ -40,7 +40,13 @@ def measure(bundle: str, memory: int | None, threads: int | None, prompt_tokens:
     model.prefill(rng.integers(0, vocab, prompt_tokens).tolist(), cache)
     cold_seconds = time.perf_counter() - started
     cache.trim(0)
-    started = time.perf_counter()  # warm: what the cache holds after one prompt
+    # idle time, as the app spends it while its user reads and types: build the experts the
+    # first prompt did not ask for, within the free budget (none when experts come and go)
+    started = time.perf_counter()
+    idle_built = model.warm_experts(model.expert_usage())
+    idle_seconds = time.perf_counter() - started
+    resident = len(model.experts.cache)
+    started = time.perf_counter()  # warm: what the cache holds after one prompt and idle time
     logits = model.prefill(rng.integers(0, vocab, prompt_tokens).tolist(), cache)
     token = int(np.argmax(logits))
     prefill_seconds = time.perf_counter() - started
@@ -55,6 +61,10 @@ def measure(bundle: str, memory: int | None, threads: int | None, prompt_tokens:
         "load_seconds": load_seconds,
         "ttft_seconds": prefill_seconds,
         "cold_ttft_seconds": cold_seconds,
+        "idle_built": idle_built,
+        "idle_build_seconds": idle_seconds,
+        "experts_resident": resident,  # after idle time, when the warm prompt starts
+        "experts": model.config.num_layers * model.config.num_experts,
         "prefill_tps": prompt_tokens / prefill_seconds,
         "decode_tps": gen_tokens / decode_seconds,
         "peak_rss": peak_rss() / 2**20,

@@ -33,6 +33,14 @@ def test_bench_json_on_a_model(stchat_home):
     assert "run 1/2" in out.stderr
 
 
+def test_the_warm_prompt_follows_idle_time_building_as_in_the_app(stchat_home):
+    # a 2-token first prompt asks for a few experts; idle time builds the rest (the model fits)
+    out = _stchat("bench", "-m", str(bundle("4b")), "--runs", "1", "--prompt-tokens", "2", "--gen-tokens", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    run = json.loads(out.stdout)["per_run"][0]
+    assert run["idle_built"] > 0 and run["experts_resident"] == run["experts"]
+
+
 def test_bench_table_and_tight_budget(stchat_home):
     out = _stchat("bench", "-m", str(bundle("4b")), "--runs", "1", "--prompt-tokens", "8", "--gen-tokens", "2")
     assert out.returncode == 0, out.stderr
