@@ -52,15 +52,18 @@ def default_budget() -> int:
     return int(available_memory() * DEFAULT_SHARE)
 
 
-def configure_allocator() -> None:
-    """Make glibc give large freed blocks back at once: allocations of 256 KiB and more get
-    their own mapping (the threshold no longer grows as blocks are freed), and the heap top is
-    trimmed past 1 MiB. Building an expert session allocates and frees multi-megabyte scratch
-    blocks; with glibc's defaults those stayed resident and a 1 GiB budget peaked at 1.2 GiB."""
+def configure_allocator(churn: bool = True) -> None:
+    """With `churn` (experts come and go), make glibc give large freed blocks back at once:
+    allocations of 256 KiB and more get their own mapping (the threshold no longer grows as
+    blocks are freed), and the heap top is trimmed past 1 MiB. Building an expert session
+    allocates and frees multi-megabyte scratch blocks; with glibc's defaults those stayed
+    resident and a 1 GiB budget peaked at 1.2 GiB. Without churn, blocks up to 32 MiB come from
+    the heap, which keeps up to 64 MiB free: a prompt's activations (a 128-token 4B prompt
+    allocates ~400 MB over its layers) then reuse pages instead of faulting fresh ones in."""
     libc = _load_libc()
     if libc and hasattr(libc, "mallopt"):
-        libc.mallopt(-3, 256 << 10)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 20)    # M_TRIM_THRESHOLD
+        libc.mallopt(-3, (256 << 10) if churn else (32 << 20))  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, (1 << 20) if churn else (64 << 20))    # M_TRIM_THRESHOLD
 
 
 def _load_libc():

@@ -98,6 +98,7 @@ class Model:
         self.experts = ExpertStore(bundle, self._graph, room, accuracy_level,
                                    full_share(room, full, lean, cfg.num_experts),
                                    direct_reads=room is not None and room < sum(full) * cfg.num_experts)
+        self._heap_settled = False  # `_settle_heap`
         self.decode_buffers = DecodeBuffers(cfg.hidden_size, cfg.num_experts, cfg.num_experts_per_tok)
 
     # -- construction -------------------------------------------------------------------
@@ -254,10 +255,23 @@ class Model:
             out[rows] += weights[rows, slot][:, None] * y
         return out
 
+    def _settle_heap(self) -> None:
+        """Once every expert is built, sessions stop coming and going: let glibc keep freed
+        blocks (`configure_allocator(churn=False)`), so a prompt's activations reuse pages. Full-
+        size 4B, 128-token prompt: 105k page faults and 120 tok/s, then 4k and 133 tok/s. Not
+        before, nor once experts are evicted again: blocks freed by builds would stay (peak RSS
+        4.9 GB against 3.6)."""
+        settled = len(self.experts.cache) == self.config.num_layers * self.config.num_experts
+        if settled != self._heap_settled:
+            self._heap_settled = settled
+            trim_heap()
+            configure_allocator(churn=not settled)
+
     def _forward_chunk(self, token_ids: np.ndarray, cache: KVCache) -> np.ndarray:
         """Run S new tokens through every layer; returns the final residual [S, H]."""
         if len(token_ids) == 1:
             return decode_step(self, int(token_ids[0]), cache)
+        self._settle_heap()
         x = self.embed(token_ids)                                            # [1, S, H]
         total = cache.length + len(token_ids)
         for layer in range(self.config.num_layers):

@@ -252,3 +252,24 @@ def test_numpy_blas_keeps_to_one_thread_once_a_model_is_loaded():
     model("4b")
     blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
     assert blas and all(pool["num_threads"] == 1 for pool in blas)
+
+
+def test_the_heap_keeps_freed_blocks_only_while_every_expert_stays_built(layout, monkeypatch):
+    # glibc returns large freed blocks at once while sessions come and go (their build scratch
+    # would stay resident otherwise); once every expert is built, a prompt's activations reuse
+    # kept pages instead (a full-size 4B prompt faulted 105k pages in, then 4k)
+    import runtime.model
+
+    settings = []
+    monkeypatch.setattr(runtime.model, "configure_allocator", lambda churn=True: settings.append(churn))
+    m = runtime.load(bundle(layout))
+    ids = _sequence(layout, 16)
+    m.logits(ids[:2])                      # a few experts built: they still come
+    assert settings[-1] is True
+    m.warm_experts()
+    m.logits(ids)
+    assert settings[-1] is False
+    m.experts.set_budget(m.experts.cache.used - 1)  # one evicted: builds again
+    m.logits(ids)
+    assert settings[-1] is True
+    m.close()
