@@ -274,11 +274,15 @@ class Model:
         self._settle_heap()
         x = self.embed(token_ids)                                            # [1, S, H]
         total = cache.length + len(token_ids)
-        for layer in range(self.config.num_layers):
-            experts, weights = self.route(layer, x[0])
-            self.experts.prefetch(layer, experts)
-            hidden_out, normed = self._attend(layer, x, cache, total)
-            x = hidden_out + self._moe(layer, normed[0], experts, weights)[None]
+        self.experts.prompt_running = True
+        try:
+            for layer in range(self.config.num_layers):
+                experts, weights = self.route(layer, x[0])
+                self.experts.prefetch(layer, experts)
+                hidden_out, normed = self._attend(layer, x, cache, total)
+                x = hidden_out + self._moe(layer, normed[0], experts, weights)[None]
+        finally:
+            self.experts.prompt_running = False
         cache.length = total
         cache.tokens.extend(int(t) for t in token_ids)
         return x[0]

@@ -42,17 +42,21 @@ def init_thread_pool(threads: int | None) -> int:
         return _pool_threads
 
 
-def make_session(model_bytes: bytes, weights: dict[str, np.ndarray], keep_weights: bool = True) -> ort.InferenceSession:
+def make_session(model_bytes: bytes, weights: dict[str, np.ndarray], keep_weights: bool = True,
+                 parallel_prepack: bool = True) -> ort.InferenceSession:
     """A session with `weights` as constant initializers. MatMulNBits prepacks its weights at
     creation and never reads the given buffers again (checked by the tests that reuse one
-    read buffer for every expert), so `keep_weights=False` lets the caller reuse them."""
+    read buffer for every expert), so `keep_weights=False` lets the caller reuse them.
+    `parallel_prepack` spreads prepacking over the pool: sooner done, at more CPU (a 21B expert
+    at level 4: 6.6 ms and 11.9 ms of CPU, against 7.8 and 7.8 on the calling thread alone)."""
     init_thread_pool(None)  # sessions below use the global pool; it must exist first
     options = ort.SessionOptions()
     options.use_per_session_threads = False
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
     options.enable_cpu_mem_arena = False  # an arena per session would keep each one's peak activations
-    options.add_session_config_entry("session.prepack.enable_parallel", "1")  # a miss waits on prepacking
+    if parallel_prepack:
+        options.add_session_config_entry("session.prepack.enable_parallel", "1")
     if weights:
         names = list(weights)
         values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[n])) for n in names]

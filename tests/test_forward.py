@@ -273,3 +273,27 @@ def test_the_heap_keeps_freed_blocks_only_while_every_expert_stays_built(layout,
     m.logits(ids)
     assert settings[-1] is True
     m.close()
+
+
+def test_builds_during_a_prompt_prepack_on_their_own_thread(layout, monkeypatch):
+    # a prompt's builds share the cores with its compute and with each other: each prepacks on
+    # the thread that builds it (less CPU in all); a build awaited alone (a decode miss, idle
+    # time) spreads its prepacking over the pool
+    import runtime.experts
+
+    made = []
+    real = runtime.experts.make_session
+    monkeypatch.setattr(runtime.experts, "make_session",
+                        lambda *args, **kwargs: made.append(kwargs["parallel_prepack"]) or real(*args, **kwargs))
+    m = runtime.load(bundle(layout))
+    ids = _sequence(layout, 16)
+    cache = m.new_cache(64)
+    m.prefill(ids, cache)
+    assert made and not any(made)
+    made.clear()
+    budget = m.experts.cache.budget
+    m.experts.set_budget(m.experts.cache.used - 1)   # one evicted...
+    m.experts.set_budget(budget)
+    m.warm_experts()                                 # ...and built again in idle time
+    assert made and all(made)
+    m.close()
