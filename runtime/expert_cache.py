@@ -52,18 +52,28 @@ class ExpertCache:
         """The cached value, or None. With `count` (a real use of the expert) it counts a hit or
         a miss and the demand for `key`, and makes the entry the most recently used."""
         with self._lock:
-            if count:
-                self._count_use(key)
-            entry = self._entries.get(key)
-            if entry is None:
-                self.stats.misses += count
-                return None
-            if not count:
-                return entry[0]
-            self._entries.move_to_end(key)
-            self.stats.hits += 1
-            self.stats.hits_by_key[key] = self.stats.hits_by_key.get(key, 0) + 1
+            return self._get(key, count)
+
+    def use(self, keys: list) -> list:
+        """A counted `get` of each of `keys` (one layer's experts), which become the protected
+        ones, under one lock."""
+        with self._lock:
+            self._protected = frozenset(keys)
+            return [self._get(key, True) for key in keys]
+
+    def _get(self, key: Hashable, count: bool) -> Any | None:
+        if count:
+            self._count_use(key)
+        entry = self._entries.get(key)
+        if entry is None:
+            self.stats.misses += count
+            return None
+        if not count:
             return entry[0]
+        self._entries.move_to_end(key)
+        self.stats.hits += 1
+        self.stats.hits_by_key[key] = self.stats.hits_by_key.get(key, 0) + 1
+        return entry[0]
 
     def peek(self, key: Hashable) -> bool:
         """Whether `key` is resident, without touching its recency or the stats."""

@@ -227,12 +227,14 @@ class ExpertStore:
         """Experts the router chose for `layer`, known before its attention runs: a hit is an
         expert already resident now; each miss is handed to the loader thread. Until the next
         layer's call, these experts are not evicted to make room for each other."""
-        chosen, tokens = np.unique(experts, return_counts=True)
-        keys = self._layer_keys = [(layer, int(expert)) for expert in chosen]
+        if experts.ndim == 1:  # one token's experts, all different: the decode step's case
+            chosen, tokens = experts, 1
+        else:
+            chosen, tokens = np.unique(experts, return_counts=True)
+        keys = self._layer_keys = [(layer, expert) for expert in chosen.tolist()]
         self.requests[layer, chosen] += tokens
-        self.cache.protect(keys)
-        for key in keys:
-            if self.cache.get(key) is None:
+        for key, session in zip(keys, self.cache.use(keys)):
+            if session is None:
                 self.loader.request(key)
 
     def resident_mask(self, layer: int) -> np.ndarray:
