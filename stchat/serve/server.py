@@ -80,7 +80,9 @@ def serve(options: ServeOptions) -> ExitCode:
                              context=options.context)
     except runtime.InvalidContext as error:
         raise UsageError(f"--context: {error}") from None
-    worker = Worker(model, max_waiting=options.queue)
+    from stchat import usage
+    record = usage.load(resolved.path, (model.config.num_layers, model.config.num_experts))
+    worker = Worker(model, max_waiting=options.queue, usage=record)
     aliases = tuple(a for a in (options.model, os.environ.get("STCHAT_MODEL")) if a and a != resolved.name)
     served = Served(worker, resolved.name, aliases, created=int(time.time()))
     host, port = sock.getsockname()[:2]
@@ -94,6 +96,7 @@ def serve(options: ServeOptions) -> ExitCode:
         worker.stop()
         worker.join(GRACEFUL_SECONDS)
         sock.close()
+        usage.save(resolved.path, model.expert_usage())  # idle builds start with the most used
         model.close()
     print("stchat: server stopped", file=sys.stderr, flush=True)
     return ExitCode.OK

@@ -6,7 +6,10 @@ reads their events from an asyncio queue, filled through `call_soon_threadsafe`.
 `max_waiting` jobs wait: beyond that `submit` raises an `ApiError` 503 with a `Retry-After`
 estimated from recent jobs. A job cancelled while waiting leaves the queue; one cancelled while
 running stops within a prefill chunk or a token. `stop()` (SIGTERM, Ctrl-C) refuses waiting
-jobs and cancels the running one, so in-flight requests end at once.
+jobs and cancels the running one, so in-flight requests end at once. While no job waits, the
+thread builds the experts not built yet, most used first (`Model.warm_experts`, as the app does
+in idle time), so a first request does not wait for them; a job that arrives waits for one
+build at most.
 """
 from __future__ import annotations
 
@@ -54,8 +57,10 @@ class Job:
 
 
 class Worker:
-    def __init__(self, model, max_waiting: int, pool: KVPool | None = None):
+    def __init__(self, model, max_waiting: int, pool: KVPool | None = None, usage=None):
+        """`usage`: the model's saved expert usage record (`stchat.usage`), the order of idle builds."""
         self.model = model
+        self.usage = usage
         self.pool = pool or KVPool(model)
         self.max_waiting = max_waiting
         self._waiting: deque[Job] = deque()
@@ -109,6 +114,8 @@ class Worker:
     def _next(self) -> Job | None:
         with self._changed:
             self._running = None
+        self.model.warm_experts(self.usage, cancelled=lambda: bool(self._waiting) or self._stopping)
+        with self._changed:
             while not self._waiting and not self._stopping:
                 self._changed.wait()
             if self._stopping:
