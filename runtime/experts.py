@@ -139,7 +139,7 @@ class ExpertStore:
             session = make_session(graph, weights, keep_weights=False, parallel_prepack=not self.prompt_running)
         except BaseException:
             with self._levels_lock:
-                self._full_resident[key[0]] -= level == self.levels[key[0]][0] != self.levels[key[0]][1]
+                self._release(key[0], level)
             raise
         session._stchat_mins = [w for name, w in weights.items() if name.endswith(".mins")]
         self.cache.stats.load_seconds += time.perf_counter() - started
@@ -157,9 +157,13 @@ class ExpertStore:
     def _forget(self, keys) -> None:
         """Keys no longer resident (caller holds `_levels_lock`)."""
         for key in keys:
-            level = self._level_of.pop(key, None)
-            full, lean = self.levels[key[0]]
-            self._full_resident[key[0]] -= level == full != lean
+            self._release(key[0], self._level_of.pop(key, None))
+
+    def _release(self, layer: int, level: int | None) -> None:
+        """Give back the full-level room `_level_for` took, if `level` is the layer's full one
+        (caller holds `_levels_lock`)."""
+        full, lean = self.levels[layer]
+        self._full_resident[layer] -= level == full != lean
 
     def set_budget(self, budget_bytes: int | None) -> None:
         """Resize the cache (the KV cache took or gave back room), evicting what no longer fits."""
