@@ -5,8 +5,8 @@ Its always-resident part is measured, not estimated: the RSS once the attention 
 sessions exist and the bundle's mapped pages are released. The KV cache is charged as it
 fills (`Model._charge_kv`); the minimum budget counts it full. Each expert session is charged
 `expert_charge(its matrices)`: ONNX Runtime's prepacked copy plus the session itself, measured
-after `malloc_trim` (Q4_0 experts: 1.43x raw on the full 4B shapes, 2.0x on a 0.47 MiB test
-expert, i.e. about 1.35x raw plus a fixed 250 KiB; other formats in EXPERT_SESSION_FACTORS). Freed sessions are handed back to the OS with `malloc_trim`, because glibc
+after `malloc_trim` (Q4_0 experts at accuracy level 4: 1.2x raw plus a fixed ~75 KiB; other
+formats in EXPERT_SESSION_FACTORS). Freed sessions are handed back to the OS with `malloc_trim`, because glibc
 otherwise keeps freed memory and RSS drifts far above the live set.
 """
 from __future__ import annotations
@@ -16,16 +16,17 @@ import ctypes.util
 
 import psutil
 
-# Resident bytes per raw byte of an expert matrix once its session is built, by format
-# (ONNX Runtime's prepacked copy; measured on full-size 4B experts at accuracy level 4, RSS per
-# session after malloc_trim: q4b32 1.44x, q4b32m 1.41x, q8b32 1.25x, q8b16 1.43x, q8b32m 1.26x,
-# each including the fixed part below)...
-EXPERT_SESSION_FACTORS = {"q4b32": 1.4, "q4b32m": 1.35, "q8b32": 1.2, "q8b16": 1.38, "q8b32m": 1.22}
-EXPERT_SESSION_FACTOR = 1.45       # ...and for any other format
-# At accuracy level 1 (fp32 activations) 4-bit packing only reorders nibbles: q4b32 measured
-# 1.04x raw per session after malloc_trim, the fixed part below included
-LEVEL1_SESSION_FACTORS = {"q4b32": 0.9}
-EXPERT_SESSION_FIXED = 300 << 10   # ...plus this per session (graph, kernels, plans)
+# Resident bytes per raw byte of an expert matrix once its session is built, by format: ONNX
+# Runtime's prepacked copy, the weights themselves being shared initializers it never copies
+# (runtime/shared_weights.py). Measured at accuracy level 4, RSS per session after malloc_trim,
+# on full-size 4B experts (2.11 MiB of Q4_0: 2.62 MiB), 21B experts (3.52: 4.31) and 0.47 MiB
+# test experts (0.64): q4b32 1.20x, q4b32m 1.19x, q8b32 1.11x, q8b16 1.20x, q8b32m 1.11x...
+EXPERT_SESSION_FACTORS = {"q4b32": 1.21, "q4b32m": 1.2, "q8b32": 1.12, "q8b16": 1.21, "q8b32m": 1.12}
+EXPERT_SESSION_FACTOR = 1.3        # ...and for any other format
+# At accuracy level 1 (fp32 activations) packing only reorders the codes and the session keeps
+# its own copy of the scales: q4b32 1.00x, q8b32 1.00x
+LEVEL1_SESSION_FACTORS = {"q4b32": 1.01, "q8b32": 1.01}
+EXPERT_SESSION_FIXED = 96 << 10    # ...plus this per session (graph, kernels, plans: measured ~75 KiB)
 HEADROOM_FLOOR = 80 << 20        # the least of the budget kept free of accounted memory
 # The process before any model: Python, numpy, ONNX Runtime, tokenizers measured 72 MiB RSS
 # (`ask`, `bench`), and 91 MiB with the app's Textual loaded; the minimum assumes the larger.

@@ -27,6 +27,7 @@ from .memory import (PROCESS_BASELINE, allocator_headroom, configure_allocator, 
                      minimum_budget, process_rss, trim_heap, trim_slack)
 from .routing import gate_weights, prefer_resident
 from .sessions import init_thread_pool, initializer_names, make_session
+from .shared_weights import share
 from .template import DEFAULT_CHATML
 
 SMALLEST_AUTO_CONTEXT = 4096  # positions: with no context asked for, the least a budget must hold
@@ -198,7 +199,7 @@ class Model:
         if name.endswith(".attention"):
             graph = with_kv_cache(graph, self.kv_dtype)
         level = self.accuracy_level if level is None else level
-        return graph if level == 4 else set_accuracy_level(graph, level)
+        return share(graph if level == 4 else set_accuracy_level(graph, level))
 
     def _session(self, name: str) -> ort.InferenceSession:
         graph = self._graph(name)

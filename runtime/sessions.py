@@ -2,8 +2,8 @@
 
 Every session runs on one process-wide intra-op thread pool (hundreds of expert sessions
 with private pools would spawn hundreds of spinning threads), and receives its weights as
-external initializers: zero-copy views of the bundle's memory-mapped files, which ORT treats
-as constants and prepacks.
+constant initializers, which ORT prepacks: MatMulNBits weights as shared initializers, used in
+place (runtime/shared_weights.py), the others as external initializers, which ORT copies.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import threading
 import numpy as np
 import onnxruntime as ort
 from threadpoolctl import threadpool_limits
+
+from . import shared_weights
 
 _pool_lock = threading.Lock()
 _pool_threads: int | None = None
@@ -44,9 +46,11 @@ def init_thread_pool(threads: int | None) -> int:
 
 def make_session(model_bytes: bytes, weights: dict[str, np.ndarray], keep_weights: bool = True,
                  parallel_prepack: bool = True) -> ort.InferenceSession:
-    """A session with `weights` as constant initializers. MatMulNBits prepacks its weights at
-    creation and never reads the given buffers again (checked by the tests that reuse one
-    read buffer for every expert), so `keep_weights=False` lets the caller reuse them.
+    """A session with `weights` as constant initializers. MatMulNBits weights in a graph passed
+    through `shared_weights.share` are used in place, and those it reads at run time get a copy
+    of their own here; the rest are copied by ONNX Runtime. Either way the session never reads
+    the given buffers after creation (checked by tests that reuse one read buffer for every
+    expert), so `keep_weights=False` lets the caller reuse them.
     `parallel_prepack` spreads prepacking over the pool: sooner done, at more CPU (a 21B expert
     at level 4: 6.6 ms and 11.9 ms of CPU, against 7.8 and 7.8 on the calling thread alone)."""
     init_thread_pool(None)  # sessions below use the global pool; it must exist first
@@ -57,18 +61,22 @@ def make_session(model_bytes: bytes, weights: dict[str, np.ndarray], keep_weight
     options.enable_cpu_mem_arena = False  # an arena per session would keep each one's peak activations
     if parallel_prepack:
         options.add_session_config_entry("session.prepack.enable_parallel", "1")
-    if weights:
-        names = list(weights)
-        values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[n])) for n in names]
-        options.add_external_initializers(names, values)
+    roles = shared_weights.roles(model_bytes)
+    shared = {name: ort.OrtValue.ortvalue_from_numpy(
+                  np.array(array) if roles[name] == shared_weights.READ else np.ascontiguousarray(array))
+              for name, array in weights.items() if name in roles}
+    for name, value in shared.items():
+        options.add_initializer(name, value)
+    external = [name for name in weights if name not in roles]
+    if external:
+        options.add_external_initializers(
+            external, [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[n])) for n in external])
     session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    if keep_weights:
-        session._stchat_keepalive = weights  # the OrtValues alias these buffers
+    # the OrtValues alias these buffers; those read at run time are the session's own copies
+    session._stchat_keepalive = (weights if keep_weights else None, shared)
     return session
 
 
 def initializer_names(model_bytes: bytes) -> list[str]:
     """The weights a graph expects to be supplied (placeholders), not its inline constants."""
-    import onnx
-    return [init.name for init in onnx.load_from_string(model_bytes).graph.initializer
-            if init.data_location == onnx.TensorProto.EXTERNAL]
+    return shared_weights.placeholder_names(model_bytes)

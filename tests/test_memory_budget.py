@@ -12,9 +12,9 @@ import runtime
 from runtime import synthetic
 from skips import linux_only
 
-# Experts large enough to dominate memory (128 experts x ~1 MiB resident), the rest small.
+# Experts large enough to dominate memory (256 experts x 0.64 MiB resident), the rest small.
 SMALL = replace(synthetic.TINY_4B_LIKE, hidden_size=512, expert_ffn_size=512, num_layers=8,
-                num_experts=16, num_experts_per_tok=2, num_heads=4, num_kv_heads=2, head_dim=64,
+                num_experts=32, num_experts_per_tok=2, num_heads=4, num_kv_heads=2, head_dim=64,
                 context_length=4096)
 
 CHILD = r"""
