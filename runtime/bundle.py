@@ -95,6 +95,7 @@ class Bundle:
         self._experts = np.memmap(self.path / "experts.bin", dtype=np.uint8, mode="r")
         self._experts_fd = os.open(self.path / "experts.bin", os.O_RDONLY)
         self._experts_direct_fd = _open_direct(self.path / "experts.bin")  # None where unsupported
+        self.experts_file_bytes = self._experts.size
         self._dense_fd = os.open(self.path / "dense.bin", os.O_RDONLY)
         experts = self.manifest["experts"]
         self.expert_stride = experts["stride"]

@@ -23,7 +23,7 @@ from .expert_levels import full_share, layer_charges
 from .experts import ExpertStore, warm_order
 from .graphs import set_accuracy_level, with_kv_cache
 from .kvcache import KV_DTYPES, KVCache, KVLayout
-from .memory import (PROCESS_BASELINE, allocator_headroom, configure_allocator, default_budget, format_bytes,
+from .memory import (PROCESS_BASELINE, allocator_headroom, available_memory, configure_allocator, default_budget, format_bytes,
                      minimum_budget, process_rss, trim_heap, trim_slack)
 from .routing import gate_weights, prefer_resident
 from .sessions import init_thread_pool, initializer_names, make_session
@@ -92,13 +92,16 @@ class Model:
         self._kv_caches: weakref.WeakSet[KVCache] = weakref.WeakSet()  # live ones, charged as they fill
         room = self._expert_budget(self.memory_budget)
         # the most asked-for experts at full accuracy level, the rest lean, as the room allows;
-        # when not all fit at full level, expert reads bypass the page cache (measured on the
-        # full-size 21B at the default budget: its first prompt took 35.8 s through the page
-        # cache, the kernel reclaiming it all the while, and 22.7 s with direct reads)
+        # expert reads bypass the page cache when not all fit at full level, or when the
+        # experts and their file would not both fit in the memory available (the full-size 21B
+        # at the default budget: its first prompt took 33.5-35.8 s through the page cache, the
+        # kernel reclaiming it all the while, and 22.7-24.7 s with direct reads)
         full, lean = layer_charges(bundle, accuracy_level), layer_charges(bundle, accuracy_level, lean=True)
+        all_full = sum(full) * cfg.num_experts
         self.experts = ExpertStore(bundle, self._graph, room, accuracy_level,
                                    full_share(room, full, lean, cfg.num_experts),
-                                   direct_reads=room is not None and room < sum(full) * cfg.num_experts)
+                                   direct_reads=room is not None and (
+                                       room < all_full or all_full + bundle.experts_file_bytes > available_memory()))
         self._heap_settled = False  # `_settle_heap`
         self.decode_buffers = DecodeBuffers(cfg.hidden_size, cfg.num_experts, cfg.num_experts_per_tok)
 

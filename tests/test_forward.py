@@ -191,10 +191,25 @@ def _all_experts(layout, level):
     return sum(m.experts.charges(level=level)) * m.config.num_experts
 
 
+def test_expert_reads_bypass_the_page_cache_when_the_file_and_the_experts_would_not_both_fit(layout, monkeypatch):
+    # the full-size 21B at the default budget: every expert fits at full level, but its 12 GB
+    # file beside them does not; through the page cache its first prompt took 33.5 s, the kernel
+    # reclaiming throughout, and 17.8 s with direct reads
+    import runtime.model
+
+    everything = _all_experts(layout, 4)
+    file_bytes = model(layout).bundle.experts_file_bytes
+    monkeypatch.setattr(runtime.model, "available_memory", lambda: everything + file_bytes + (1 << 20))
+    assert not runtime.load(bundle(layout)).experts.direct_reads
+    monkeypatch.setattr(runtime.model, "available_memory", lambda: everything + file_bytes - (1 << 20))
+    roomy = runtime.load(bundle(layout))
+    assert roomy.experts.full_per_layer == roomy.config.num_experts and roomy.experts.direct_reads
+
+
 def test_offloaded_q4_0_experts_are_built_lean_with_fp32_activations(layout):
     # when not every expert fits even lean, experts come and go and a miss costs a session
     # build: Q4_0 experts are then built at accuracy level 1 (cheaper to build, 1.04x their
-    # bytes against 1.44x), which computes with fp32 activations: the same expert outputs as
+    # bytes against 1.2x), which computes with fp32 activations: the same expert outputs as
     # level 0 to float rounding
     lean = _all_experts(layout, None)
     tight = _with_room(layout, lean - 4 * model(layout).experts.charge, lean)
