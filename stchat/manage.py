@@ -95,7 +95,7 @@ class Installed:
         from runtime.expert_levels import layout_charge
         from runtime.kvcache import KVLayout
         from runtime.memory import minimum_budget
-        from runtime.model import SMALLEST_AUTO_CONTEXT
+        from runtime.model_memory import SMALLEST_AUTO_CONTEXT
 
         cfg = self.manifest["config"]
         files = self.manifest.get("files", {})

@@ -5,7 +5,7 @@ import pytest
 import runtime
 from model_fixtures import bundle, prompt_ids
 from runtime.errors import BudgetTooSmall
-from runtime.model import KV_GRANULE
+from runtime.model_memory import KV_GRANULE
 from runtime.expert_cache import AGING_PERIOD, ExpertCache
 
 

@@ -17,7 +17,7 @@ import runtime
 from model_fixtures import LAYOUTS, prompt_ids
 from reference import gguf_file_weights, reference_logits
 from runtime import synthetic
-from runtime.model import KV_GRANULE
+from runtime.model_memory import KV_GRANULE
 
 # K-quants need rows of 256: a tiny model with hidden and expert widths of 256
 SHAPES = {layout: replace(spec, hidden_size=256, num_heads=4, num_kv_heads=2, head_dim=64, expert_ffn_size=256)
