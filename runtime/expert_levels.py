@@ -1,7 +1,7 @@
 """Which accuracy level each expert session is built at, and what a session costs in memory.
 
 MatMulNBits at accuracy level 4 (int8 activations) is the fast one-token path, but its
-prepacked weights hold 1.44x a Q4_0 expert's bytes; level 1 (fp32 activations) holds 1.04x and
+prepacked weights hold 1.2x a Q4_0 expert's bytes; level 1 (fp32 activations) holds 1.0x and
 builds faster, at a slower one-token call. When the memory budget cannot hold every expert at
 level 4 but can hold them all lean, the experts the router asks for most get level 4, as many
 per layer as the room left pays for (`full_share`); when they do not all fit even lean, every
@@ -14,9 +14,12 @@ from .memory import expert_charge
 
 # MatMulNBits accuracy level of Q4_0 expert sessions that memory cannot hold at level 4.
 # Measured on the full-size 4B (2 threads): level 1 builds a session in 2.8 ms against 3.8 and
-# holds 1.04x the raw bytes against 1.44x, so a 1 GiB budget keeps 39% more experts (decode
-# hit rate 39% -> 52%), at 330 against 200 us per one-token call. Other formats keep their level
-# (8 bits at level 1 falls to a dequantizing path, 40-60x slower).
+# held 1.04x the raw bytes against 1.44x, so a 1 GiB budget kept 39% more experts (decode
+# hit rate 39% -> 52%), at 330 against 200 us per one-token call. Since sessions hold no copy
+# of their weights (runtime/shared_weights.py): 1.0x against 1.2x, builds of 2.1 against 3.1 ms
+# with experts coming and going, and all-level-4 under the 1 GiB cap decoded 2.12/2.19 tok/s
+# (hit rate 51%) against 2.09/2.68 (57%). Other formats keep their level (8 bits at level 1
+# falls to a dequantizing path, 40-60x slower).
 LEAN_ACCURACY_LEVEL = 1
 
 
