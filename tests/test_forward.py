@@ -192,8 +192,8 @@ def _all_experts(layout, level):
 
 
 def test_expert_reads_bypass_the_page_cache_when_the_file_and_the_experts_would_not_both_fit(layout, monkeypatch):
-    # the full-size 21B at the default budget: every expert fits at full level, but its 12 GB
-    # file beside them does not; through the page cache its first prompt took 33.5 s, the kernel
+    # the full-size 21B at the default budget: every expert fits at full level, but its 11.4 GiB
+    # experts file beside them does not; through the page cache its first prompt took 33.5 s, the kernel
     # reclaiming throughout, and 17.8 s with direct reads
     import runtime.model
 
