@@ -16,7 +16,7 @@ from .memory import expert_charge
 # Measured on the full-size 4B (2 threads): level 1 builds a session in 2.8 ms against 3.8 and
 # held 1.04x the raw bytes against 1.44x, so a 1 GiB budget kept 39% more experts (decode
 # hit rate 39% -> 52%), at 330 against 200 us per one-token call. Since sessions hold no copy
-# of their weights (runtime/shared_weights.py): 1.0x against 1.2x, builds of 2.1 against 3.1 ms
+# of their weights (runtime/shared_weights.py): 1.0x against 1.2x, builds of 2.9 against 4.2 ms
 # with experts coming and going, and all-level-4 under the 1 GiB cap decoded 2.12/2.19 tok/s
 # (hit rate 51%) against 2.09/2.68 (57%). Other formats keep their level (8 bits at level 1
 # falls to a dequantizing path, 40-60x slower).

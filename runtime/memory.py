@@ -23,9 +23,9 @@ import psutil
 # test experts (0.64): q4b32 1.20x, q4b32m 1.19x, q8b32 1.11x, q8b16 1.20x, q8b32m 1.11x...
 EXPERT_SESSION_FACTORS = {"q4b32": 1.21, "q4b32m": 1.2, "q8b32": 1.12, "q8b16": 1.21, "q8b32m": 1.12}
 EXPERT_SESSION_FACTOR = 1.3        # ...and for any other format
-# At accuracy level 1 (fp32 activations) packing only reorders the codes and the session keeps
-# its own copy of the scales: q4b32 1.00x, q8b32 1.00x
-LEVEL1_SESSION_FACTORS = {"q4b32": 1.01, "q8b32": 1.01}
+# At accuracy level 1 (fp32 activations, Q4_0 experts only: runtime/expert_levels.py) packing
+# only reorders the codes and the session keeps its own copy of the scales: q4b32 1.00x
+LEVEL1_SESSION_FACTORS = {"q4b32": 1.01}
 EXPERT_SESSION_FIXED = 96 << 10    # ...plus this per session (graph, kernels, plans: measured ~75 KiB)
 HEADROOM_FLOOR = 80 << 20        # the least of the budget kept free of accounted memory
 # The process before any model: Python, numpy, ONNX Runtime, tokenizers measured 72 MiB RSS
