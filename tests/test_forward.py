@@ -208,7 +208,7 @@ def test_expert_reads_bypass_the_page_cache_when_the_file_and_the_experts_would_
 
 def test_offloaded_q4_0_experts_are_built_lean_with_fp32_activations(layout):
     # when not every expert fits even lean, experts come and go and a miss costs a session
-    # build: Q4_0 experts are then built at accuracy level 1 (cheaper to build, 1.04x their
+    # build: Q4_0 experts are then built at accuracy level 1 (cheaper to build, 1.0x their
     # bytes against 1.2x), which computes with fp32 activations: the same expert outputs as
     # level 0 to float rounding
     lean = _all_experts(layout, None)
