@@ -132,16 +132,13 @@ class ExpertStore:
             graph = self._graphs.get((name, level))
             if graph is None:
                 graph = self._graphs[name, level] = self._graph(name, level)
-            # MatMulNBits prepacks codes and scales, so the read buffer can be reused at once;
-            # the small per-block mins feed a plain Gemm, so they get their own copy
-            weights = {f"expert/{name}": np.array(array) if name.endswith(".mins") else array
-                       for name, array in arrays.items()}
+            # the session never reads the read buffer after creation (`make_session`): reused at once
+            weights = {f"expert/{name}": array for name, array in arrays.items()}
             session = make_session(graph, weights, keep_weights=False, parallel_prepack=not self.prompt_running)
         except BaseException:
             with self._levels_lock:
                 self._release(key[0], level)
             raise
-        session._stchat_mins = [w for name, w in weights.items() if name.endswith(".mins")]
         self.cache.stats.load_seconds += time.perf_counter() - started
         self.cache.stats.bytes_read += self.layer_bytes[key[0]]
         return session, level
