@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from . import quant
+from . import hugepages, quant
 from .bundle import Bundle
 from .decode import DecodeBuffers, bind_cache, decode_step
 from .errors import BundleError, InvalidContext
@@ -100,6 +100,8 @@ class Model(ModelMemory):
                                    direct_reads=room is not None and (
                                        room < all_full or all_full + bundle.experts_file_bytes > available_memory()))
         self._heap_settled = False  # `_settle_heap`
+        self._trim_due = False  # a prompt's freed blocks not yet given back (`prefill`)
+        self._in_huge_pages = False  # `warm_experts`
         self.decode_buffers = DecodeBuffers(cfg.hidden_size, cfg.num_experts, cfg.num_experts_per_tok)
 
     def _graph(self, name: str, level: int | None = None) -> bytes:
@@ -157,12 +159,19 @@ class Model(ModelMemory):
         return hidden_out, normed
 
     def _moe(self, layer: int, h: np.ndarray, experts: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """h [S, H] -> sum over each token's experts of w * expert(h)  [S, H]."""
+        """h [S, H] -> sum over each token's experts of w * expert(h)  [S, H]. The (token, expert)
+        pairs are sorted by expert once, not searched for each expert."""
+        flat = experts.ravel()                                               # [S*A]
+        order = np.argsort(flat, kind="stable")                              # pairs grouped by expert
+        grouped, tokens = flat[order], order // experts.shape[1]
+        pair_weights = weights.ravel()[order][:, None]                       # [S*A, 1]
+        bounds = [0, *(np.flatnonzero(np.diff(grouped)) + 1).tolist(), len(order)]
         out = np.zeros_like(h)
-        for expert in np.unique(experts):
-            rows, slot = np.nonzero(experts == expert)
-            y = self.experts.run(layer, int(expert), h[rows])                # [T, H]
-            out[rows] += weights[rows, slot][:, None] * y
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            rows = tokens[start:end]
+            y = self.experts.run(layer, int(grouped[start]), h[rows])       # [T, H]
+            y *= pair_weights[start:end]
+            out[rows] += y
         return out
 
     def _settle_heap(self) -> None:
@@ -173,9 +182,13 @@ class Model(ModelMemory):
         4.9 GB against 3.6)."""
         settled = len(self.experts.cache) == self.config.num_layers * self.config.num_experts
         if settled != self._heap_settled:
-            self._heap_settled = settled
+            self._heap_settled, self._in_huge_pages = settled, False
             trim_heap()
             configure_allocator(churn=not settled)
+
+    def _give_back(self) -> None:
+        self._trim_due = False
+        trim_heap()
 
     def _forward_chunk(self, token_ids: np.ndarray, cache: KVCache) -> np.ndarray:
         """Run S new tokens through every layer; returns the final residual [S, H]."""
@@ -210,16 +223,18 @@ class Model(ModelMemory):
             raise ValueError(f"{len(ids)} tokens do not fit: {cache.free} of {cache.capacity} positions free")
         if ids.min() < 0 or ids.max() >= self.config.vocab_size:
             raise ValueError("token id out of range")
+        if self._trim_due and len(ids) > 1:
+            self._give_back()
         outputs = []
         for start in range(0, len(ids), chunk_size):
             self._charge_kv(cache, cache.length + len(ids[start:start + chunk_size]))
             x = self._forward_chunk(ids[start:start + chunk_size], cache)
             if all_logits:
                 outputs.append(self.head_logits(x))
-        if len(ids) > 1 and self._heap_settled:
-            # glibc keeps a prompt's freed blocks fragmented across its heaps: without this trim
-            # (~20 ms), 24 prompts of 16-400 tokens grew the full-size 4B's RSS by 1.2 GB, with it 0.07
-            trim_heap()
+        # glibc keeps a prompt's freed blocks fragmented across its heaps: without a trim (10-20
+        # ms) after each, 24 prompts of 16-400 tokens grew the full-size 4B's RSS by 1.2 GB, with
+        # it 0.07. It waits for idle time (`warm_experts`) or the next prompt, not the first token.
+        self._trim_due = self._trim_due or (len(ids) > 1 and self._heap_settled)
         if all_logits:
             return np.concatenate(outputs)
         return self.head_logits(x[-1:])[0]
@@ -236,11 +251,19 @@ class Model(ModelMemory):
         """Build expert sessions before they are asked for, within the free part of the memory
         budget, until `cancelled()`: for idle time, so a first reply does not wait for builds.
         `usage`: [layers, experts] counts from earlier runs (`expert_usage`), hottest built
-        first; without it, layer by layer. Returns how many were built."""
+        first; without it, layer by layer. Once every expert is built, the rest of the idle time
+        moves the settled weights into huge pages (`runtime/hugepages.py`). Returns how many were built."""
         cfg = self.config
         if usage is not None and np.shape(usage) == self.experts.requests.shape:
             self.experts.prior = np.asarray(usage, np.float64)  # also decides which are built at full level
-        return self.experts.warm(warm_order(usage, cfg.num_layers, cfg.num_experts), cancelled)
+        built = self.experts.warm(warm_order(usage, cfg.num_layers, cfg.num_experts), cancelled)
+        self._settle_heap()
+        if self._trim_due:
+            self._give_back()
+        if self._heap_settled and not self._in_huge_pages and not cancelled():
+            hugepages.collapse_resident(cancelled)
+            self._in_huge_pages = not cancelled()
+        return built
 
     def expert_usage(self) -> np.ndarray:
         """int64 [layers, experts]: how often the router asked for each expert since load."""

@@ -291,19 +291,25 @@ def test_the_heap_keeps_freed_blocks_only_while_every_expert_stays_built(layout,
 
 
 def test_once_the_heap_is_settled_each_prompt_gives_its_freed_blocks_back(layout, monkeypatch):
-    # kept, they fragment: 24 prompts of 16-400 tokens grew the full-size 4B's RSS by 1.2 GB
+    # kept, they fragment: 24 prompts of 16-400 tokens grew the full-size 4B's RSS by 1.2 GB;
+    # given back in idle time or before the next prompt, never between a prompt and its first token
     import runtime.model
 
     trims = []
     monkeypatch.setattr(runtime.model, "trim_heap", lambda: trims.append(1))
     m = runtime.load(bundle(layout))
-    m.warm_experts()
     trims.clear()
+    m.warm_experts()
+    assert m._heap_settled and len(trims) == 1   # every expert built: settled in idle time, trimmed once
     cache = m.new_cache()
     m.prefill(_sequence(layout, 8), cache)
-    assert m._heap_settled and len(trims) == 2   # settling trims once, the prompt once
-    m.prefill([3], cache)                        # a decode step: nothing to give back
+    m.prefill([3], cache)                        # decode steps: nothing to give back
+    assert len(trims) == 1                       # nor before the first token
+    m.warm_experts()                             # idle time gives the prompt's blocks back
     assert len(trims) == 2
+    m.prefill(_sequence(layout, 8), cache)
+    m.prefill(_sequence(layout, 8)[:3], cache)   # no idle time between: the next prompt does
+    assert len(trims) == 3
     m.close()
 
 
