@@ -4,7 +4,7 @@ Each measured run is a fresh child process (`python -m stchat.bench_child`), so 
 peak RSS and the expert cache start cold every time; the figures printed are medians over
 `--runs`. A run loads the model, sends a first prompt (cold: every expert it asks for is built
 on the way), spends idle time as the app does (building the experts it did not ask for, within
-the budget), then times a second prompt (warm) and the decode. `--synthetic 4b|21b` measures a random-weight model with the real shapes (built
+the budget, then moving the weights into huge pages once all are built), then times a second prompt (warm) and the decode. `--synthetic 4b|21b` measures a random-weight model with the real shapes (built
 once into the cache directory, with progress on stderr), so speed and memory can be known
 before gigabytes are fetched. stdout is data: a table, or one JSON object with `--json`.
 """
@@ -26,7 +26,7 @@ from stchat.exitcodes import ExitCode, UsageError
 FIELDS = [  # key, label, format
     ("load_seconds", "load", "{:.2f} s"),
     ("cold_ttft_seconds", "first prompt, cold", "{:.2f} s"),
-    ("idle_build_seconds", "then building the other experts (idle time)", "{:.2f} s"),
+    ("idle_build_seconds", "then idle time (other experts, huge pages)", "{:.2f} s"),
     ("ttft_seconds", "time to first token", "{:.2f} s"),
     ("prefill_tps", "prefill", "{:.1f} tok/s"),
     ("decode_tps", "decode", "{:.2f} tok/s"),
