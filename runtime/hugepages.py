@@ -7,8 +7,8 @@ they are for good, and `collapse_resident` asks the kernel (MADV_COLLAPSE, Linux
 each fully resident, 2 MiB-aligned stretch of anonymous memory into one huge page: the same
 bytes, far fewer TLB misses. Full-size 4B on a 2-vCPU EPYC, 5 alternating runs each: decode
 39.6 -> 45.4 tok/s (medians), with 2.95 GB of it in huge pages. The kernel copies each stretch
-and may have to compact memory to find huge pages (2.9 GB took 0.2-7.5 s here, more with the page
-cache full), so it runs in idle time, a stretch at a time, until cancelled.
+and may have to compact memory to find huge pages (2.9 GB took 1.8-7.5 s here, the longer with
+the page cache full), so it runs in idle time, a stretch at a time, until cancelled.
 """
 from __future__ import annotations
 
