@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,13 @@ def test_kill_during_download_then_pull_resumes_from_the_partial_file(hub, env, 
     kept = partial.stat().st_size
     assert 0 < kept < size and listed(env) == []
     hub.state.throttle = None
+    # the server logs the killed download when its next write fails: wait for it, or it could
+    # land in the log of the resumed pull
+    deadline = time.monotonic() + 10
+    while not hub.content_requests(PLAIN_4B) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (killed,) = hub.content_requests(PLAIN_4B)
+    assert killed.sent < size
     hub.clear_log()
     done = run(env, "pull", "4b")
     assert done.returncode == 0, done.stderr
