@@ -13,10 +13,11 @@ the page cache full), so it runs in idle time, a stretch at a time, until cancel
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 import numpy as np
+
+from .memory import load_libc
 
 HUGE_PAGE = 2 << 20
 PAGES = HUGE_PAGE // 4096           # base pages in a huge page
@@ -51,10 +52,9 @@ def collapse_resident(cancelled=lambda: False) -> int:
     huge page, until `cancelled()`; returns the bytes collapsed (0 where the kernel cannot:
     not Linux, older than 6.1, or no huge page to be had). Memory use does not grow: a stretch
     with any page not resident is left as it is."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name or not os.path.exists("/proc/self/pagemap"):
+    libc = load_libc()
+    if not libc or not hasattr(libc, "madvise") or not os.path.exists("/proc/self/pagemap"):
         return 0
-    libc = ctypes.CDLL(libc_name, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     collapsed = 0
     with open("/proc/self/pagemap", "rb", buffering=0) as pagemap:

@@ -63,18 +63,18 @@ def configure_allocator(churn: bool = True) -> None:
     allocates ~400 MB over its layers) then reuse pages instead of faulting fresh ones in. Larger
     blocks from the heap too (up to 32 MiB) made that prompt 3-5% faster but fragmented the heap:
     its peak RSS was 65 MiB higher (full-size 4B: 3250 against 3185 MiB)."""
-    libc = _load_libc()
+    libc = load_libc()
     if libc and hasattr(libc, "mallopt"):
         libc.mallopt(-3, (256 << 10) if churn else (512 << 10))  # M_MMAP_THRESHOLD
         libc.mallopt(-1, (1 << 20) if churn else (64 << 20))    # M_TRIM_THRESHOLD
 
 
-def _load_libc():
+def load_libc():
     global _libc
     if _libc is None:
         name = ctypes.util.find_library("c")
         try:
-            _libc = ctypes.CDLL(name) if name else False
+            _libc = ctypes.CDLL(name, use_errno=True) if name else False
         except OSError:
             _libc = False
     return _libc
@@ -82,7 +82,7 @@ def _load_libc():
 
 def trim_heap() -> None:
     """Return freed heap pages to the OS (glibc only; a no-op elsewhere)."""
-    libc = _load_libc()
+    libc = load_libc()
     if libc and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
 

@@ -183,7 +183,7 @@ class Model(ModelMemory):
         settled = len(self.experts.cache) == self.config.num_layers * self.config.num_experts
         if settled != self._heap_settled:
             self._heap_settled, self._in_huge_pages = settled, False
-            trim_heap()
+            self._give_back()
             configure_allocator(churn=not settled)
 
     def _give_back(self) -> None:
@@ -257,8 +257,8 @@ class Model(ModelMemory):
         if usage is not None and np.shape(usage) == self.experts.requests.shape:
             self.experts.prior = np.asarray(usage, np.float64)  # also decides which are built at full level
         built = self.experts.warm(warm_order(usage, cfg.num_layers, cfg.num_experts), cancelled)
-        self._settle_heap()
-        if self._trim_due:
+        self._settle_heap()  # gives a prompt's blocks back when it settles the heap...
+        if self._trim_due:    # ...and here when it was settled already
             self._give_back()
         if self._heap_settled and not self._in_huge_pages and not cancelled():
             hugepages.collapse_resident(cancelled)
